@@ -1,0 +1,90 @@
+"""The `inventory-sync` command: run the sync once, serve the sandbox API, or run the demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from tasks.config import ConfigError, load_settings
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Keep available quantities on Lightspeed's B2B marketplace true to your warehouses.",
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@app.command()
+def run(
+    config: Path = typer.Option(..., "--config", "-c", help="the TOML configuration file"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check and reconcile, send nothing"),
+) -> None:
+    """Run the sync once and print its summary.
+
+    Exit status: 0 every valid update landed; 1 the run failed or a chunk finally failed;
+    2 bad configuration or usage.
+    """
+    raise typer.Exit(run_once(config, dry_run))
+
+
+def run_once(config: Path, dry_run: bool) -> int:
+    """Run the flow in this process; print the summary; return the exit status."""
+    try:
+        load_settings(config)  # fail fast, before Prefect starts, on a bad file
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    from flows.sync import SyncFailed, inventory_sync
+    from tasks.report import RunSummary
+
+    state = inventory_sync(config_path=str(config), dry_run=dry_run, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, RunSummary):
+        typer.echo(result.render())
+        return EXIT_OK
+    if isinstance(result, SyncFailed):
+        typer.echo(result.summary.render())
+        return EXIT_FAILED
+    if isinstance(result, ConfigError):
+        typer.echo(f"error: {result}", err=True)
+        return EXIT_USAGE
+    typer.echo(f"error: the run failed: {result}", err=True)
+    return EXIT_FAILED
+
+
+@app.command()
+def sandbox(
+    port: int = typer.Option(8765, "--port", help="port on 127.0.0.1"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    catalog: Path | None = typer.Option(None, "--catalog", help="catalog JSON to serve"),
+    max_products: int = typer.Option(1000, "--max-products", help="largest PUT accepted (413)"),
+) -> None:
+    """Serve the local Lightspeed-compatible API; the token is $LIGHTSPEED_TOKEN or 'sandbox-token'."""
+    from sandbox.server import serve
+
+    token = os.environ.get("LIGHTSPEED_TOKEN") or "sandbox-token"
+    serve(host, port, str(catalog) if catalog else None, token, max_products)
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path("demo"), "--dir", help="where the demo config and feeds live"),
+) -> None:
+    """Write demo feeds for three warehouses, serve the sandbox, sync once, check the result."""
+    from sandbox.demo import run_demo
+
+    raise typer.Exit(run_demo(folder))
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

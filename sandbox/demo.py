@@ -1,0 +1,161 @@
+"""The demo behind `make run`: a catalog, three warehouse feeds, one sync, and a check of the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+DEMO_TOKEN = "sandbox-token"
+NAMESPACE = uuid.UUID("6f1c2a52-8d1e-4a53-9d43-2f3a0c6b7e10")
+COLOURS = ("RED", "BLUE", "GREEN", "BLACK", "WHITE")
+SIZES = ("S", "M", "L", "XL")
+
+
+def product_id(sku: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, sku))
+
+
+def demo_catalog() -> list[dict[str, Any]]:
+    """Tees in every colour and size, mugs, an ambiguous SKU, untracked gift cards."""
+    products = []
+    for n, (colour, size) in enumerate((c, s) for c in COLOURS for s in SIZES):
+        sku = f"TEE-{colour}-{size}"
+        # the platform's page writes flags as one-element arrays; real payloads use booleans too
+        tracked: Any = [True] if n % 2 else True
+        products.append(_product(sku, f"Tee {colour.title()} {size}", tracked, n % 5 == 0))
+    products += [
+        _product("MUG-WHITE", "Mug White", True, False),
+        _product("MUG-BLACK", "Mug Black", [True], True),
+        _product("POSTER-A2", "Poster A2 (no warehouse lists it)", True, False),
+        _product("CAP-BLUE", "Cap Blue", True, False, pid=product_id("CAP-BLUE#1")),
+        _product("CAP-BLUE", "Cap Blue (duplicate listing)", True, False, pid=product_id("CAP-BLUE#2")),
+        _product("GIFT-25", "Gift card 25", [False], False),
+        _product("GIFT-50", "Gift card 50", None, False),
+        _product("SÜSS-TEA", "Süß tea tin", True, False),
+    ]
+    return products
+
+
+def _product(
+    sku: str, name: str, tracked: Any, backorder: bool, pid: str | None = None
+) -> dict[str, Any]:
+    inventory: dict[str, Any] = {"isBackorderingEnabled": [backorder]}
+    if tracked is not None:
+        inventory["isInventoryTrackingEnabled"] = tracked
+    return {
+        "id": pid or product_id(sku),
+        "vendorSku": sku,
+        "name": name,
+        "inventory": inventory,
+        "quantity": 7,
+    }
+
+
+def demo_feeds() -> dict[str, list[tuple[str, str]]]:
+    """Rows per warehouse as (SKU, quantity text), bad rows included on purpose."""
+    tees = [f"TEE-{c}-{s}" for c in COLOURS for s in SIZES]
+    east = [(sku, str((i * 7) % 23)) for i, sku in enumerate(tees)]
+    east += [(sku, "3") for sku in tees[:8]]  # a second bin for some SKUs
+    east += [("TEE-RED-S", "-4"), ("MUG-WHITE", "12"), ("MUG-WHITE", "5.0"), ("CAP-BLUE", "9")]
+    east += [("", "5"), ("TEE-PURPLE-M", "4")]  # empty SKU, unknown SKU
+    west = [(sku, str((i * 5) % 17)) for i, sku in enumerate(tees) if i % 3]
+    west += [("MUG-BLACK", "abc"), ("MUG-BLACK", "6"), ("SÜSS-TEA", " 40 "), ("GIFT-25", "100")]
+    north = [(sku, str(10 + i)) for i, sku in enumerate(tees[::4])]
+    north += [("MUG-WHITE", "1")]
+    return {"east": east, "west": west, "north": north}
+
+
+SAFETY_STOCK = {"east": 2, "west": 0, "north": 0}
+
+
+def expected_quantities(catalog: list[dict[str, Any]]) -> dict[str, int]:
+    """The rules of the README, in plain Python, as an independent check of the pipeline."""
+    skus = defaultdict(list)
+    for p in catalog:
+        skus[p["vendorSku"]].append(p)
+    held: set[str] = set()
+    totals: dict[str, int] = defaultdict(int)
+    for warehouse, rows in demo_feeds().items():
+        sums: dict[str, int] = defaultdict(int)
+        for sku, text in rows:
+            sku, text = sku.strip(), text.strip()
+            if not sku or sku not in skus:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                held.add(sku)
+                continue
+            if value != int(value):
+                held.add(sku)
+                continue
+            sums[sku] += int(value)
+        for sku, total in sums.items():
+            totals[sku] += max(total - SAFETY_STOCK[warehouse], 0)
+    expected = {}
+    for sku, products in skus.items():
+        for p in products:
+            flag = (p.get("inventory") or {}).get("isInventoryTrackingEnabled")
+            tracked = bool(flag[0] if isinstance(flag, list) else flag)
+            if len(products) > 1 or not tracked or sku in held:
+                expected[p["id"]] = p["quantity"]  # untouched
+            else:
+                expected[p["id"]] = totals.get(sku, 0)
+    return expected
+
+
+def write_demo(folder: Path) -> list[dict[str, Any]]:
+    """Write the catalog JSON and the three feeds under `folder`; return the catalog."""
+    feeds = folder / "feeds"
+    feeds.mkdir(parents=True, exist_ok=True)
+    catalog = demo_catalog()
+    (folder / "catalog.json").write_text(json.dumps({"products": catalog}, indent=1), "utf-8")
+    rows = demo_feeds()
+    for old in feeds.glob("east-*.csv"):
+        old.unlink()
+    (feeds / "east-20260101.csv").write_text("sku,bin,qty\nTEE-RED-S,A1,999\n", "utf-8")  # stale
+    east = "sku,bin,qty\r\n" + "".join(
+        f"{sku},B{i % 4},{qty}\r\n" for i, (sku, qty) in enumerate(rows["east"])
+    )
+    (feeds / "east-20261126.csv").write_bytes(b"\xef\xbb\xbf" + east.encode("utf-8"))
+    old_mtime = (feeds / "east-20261126.csv").stat().st_mtime - 86400
+    os.utime(feeds / "east-20260101.csv", (old_mtime, old_mtime))
+    west = "Article;Stock\n" + "".join(f"{sku};{qty}\n" for sku, qty in rows["west"])
+    (feeds / "west.csv").write_bytes(west.encode("cp1252"))
+    pl.DataFrame(
+        {
+            "item_code": [s for s, _ in rows["north"]],
+            "on_hand": [int(q) for _, q in rows["north"]],
+        }
+    ).write_parquet(feeds / "north.parquet")
+    return catalog
+
+
+def run_demo(folder: Path) -> int:
+    """Serve the sandbox, sync the demo feeds once, and check the sandbox holds what it should."""
+    from flows.cli import run_once
+    from sandbox.server import SandboxServer
+
+    folder = folder.resolve()
+    catalog = write_demo(folder)
+    with SandboxServer(products=catalog, token=DEMO_TOKEN, port=0) as server:
+        os.environ["LIGHTSPEED_BASE_URL"] = server.url
+        os.environ.setdefault("LIGHTSPEED_TOKEN", DEMO_TOKEN)
+        print(f"Sandbox Lightspeed API on {server.url} with {len(catalog)} demo products")
+        status = run_once(folder / "inventory-sync.toml", dry_run=False)
+        expected = expected_quantities(catalog)
+        held = server.quantities()
+    wrong = {pid: (held.get(pid), want) for pid, want in expected.items() if held.get(pid) != want}
+    if wrong:
+        print(f"Demo check FAILED: {len(wrong)} product(s) differ from the expected quantity:")
+        for pid, (got, want) in list(wrong.items())[:10]:
+            print(f"  {pid}: sandbox holds {got}, expected {want}")
+        return 1
+    print(f"Demo check: the sandbox holds the expected quantity for all {len(expected)} products.")
+    return status

@@ -1,0 +1,127 @@
+"""The supplier's catalog: product UUID, vendorSku and inventory flags, from the API or a CSV."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
+
+from tasks.config import CatalogSettings, LightspeedSettings
+from tasks.lightspeed import LightspeedClient
+
+CATALOG_SCHEMA = {
+    "id": pl.String,
+    "vendorSku": pl.String,
+    "tracked": pl.Boolean,
+    "backorder": pl.Boolean,
+}
+CSV_COLUMNS = ("vendorSku", "id", "isInventoryTrackingEnabled", "isBackorderingEnabled")
+
+
+class CatalogError(Exception):
+    """The catalog could not be read, or holds a value we cannot interpret."""
+
+
+def parse_flag(value: Any, where: str) -> bool:
+    """A platform flag: true, false, [true], [false] or absent (false), as JSON or CSV text."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise CatalogError(f"{where}: expected one value in {value!r}")
+        value = value[0]
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().strip("[]").strip().lower()
+        if text in ("", "false", "0"):
+            return False
+        if text in ("true", "1"):
+            return True
+    raise CatalogError(f"{where}: not a boolean flag: {value!r}")
+
+
+def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
+    """The catalog frame from GET /products items."""
+    ids, skus, tracked, backorder = [], [], [], []
+    for n, product in enumerate(products, start=1):
+        pid = product.get("id") if isinstance(product, dict) else None
+        if not isinstance(pid, str) or not pid:
+            raise CatalogError(f"GET /products item #{n}: no product id")
+        inventory = product.get("inventory") or {}
+        if not isinstance(inventory, dict):
+            raise CatalogError(f"product {pid}: 'inventory' is not an object")
+        where = f"product {pid}"
+        ids.append(pid)
+        sku = product.get("vendorSku")
+        skus.append(sku.strip() if isinstance(sku, str) and sku.strip() else None)
+        tracked.append(parse_flag(inventory.get("isInventoryTrackingEnabled"), where))
+        backorder.append(parse_flag(inventory.get("isBackorderingEnabled"), where))
+    frame = pl.DataFrame(
+        {"id": ids, "vendorSku": skus, "tracked": tracked, "backorder": backorder},
+        schema=CATALOG_SCHEMA,
+    )
+    return _unique_ids(frame, "GET /products")
+
+
+def catalog_from_csv(path: str) -> pl.DataFrame:
+    """The catalog frame from a CSV with vendorSku,id,isInventoryTrackingEnabled,... columns."""
+    try:
+        raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file {path}: not found") from None
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise CatalogError(f"catalog file {path}: cannot read: {exc}") from None
+    raw = raw.rename({c: c.lstrip("\ufeff").strip() for c in raw.columns})
+    missing = [c for c in CSV_COLUMNS[:2] if c not in raw.columns]
+    if missing:
+        raise CatalogError(
+            f"catalog file {path}: missing column(s) {', '.join(missing)}; "
+            f"found {', '.join(raw.columns) or 'none'}"
+        )
+    rows = raw.to_dicts()
+    ids, skus, tracked, backorder = [], [], [], []
+    for line, row in enumerate(rows, start=2):
+        pid = (row.get("id") or "").strip()
+        if not pid:
+            raise CatalogError(f"catalog file {path}, line {line}: empty id")
+        where = f"catalog file {path}, line {line}"
+        ids.append(pid)
+        skus.append((row.get("vendorSku") or "").strip() or None)
+        tracked.append(parse_flag(row.get("isInventoryTrackingEnabled"), where))
+        backorder.append(parse_flag(row.get("isBackorderingEnabled"), where))
+    frame = pl.DataFrame(
+        {"id": ids, "vendorSku": skus, "tracked": tracked, "backorder": backorder},
+        schema=CATALOG_SCHEMA,
+    )
+    return _unique_ids(frame, f"catalog file {path}")
+
+
+def _unique_ids(frame: pl.DataFrame, where: str) -> pl.DataFrame:
+    repeated = frame.filter(pl.col("id").is_duplicated())["id"].unique().to_list()
+    if repeated:
+        raise CatalogError(f"{where}: product id(s) listed twice: {', '.join(repeated[:5])}")
+    return frame
+
+
+def read_catalog(
+    catalog: CatalogSettings, lightspeed: LightspeedSettings, token: SecretStr
+) -> pl.DataFrame:
+    """The catalog from the configured source."""
+    if catalog.source == "file":
+        assert catalog.path is not None  # enforced by the settings
+        return catalog_from_csv(catalog.path)
+    client = LightspeedClient(lightspeed, token)
+    try:
+        return catalog_from_products(list(client.iter_products()))
+    finally:
+        client.close()
+
+
+@task(name="read-catalog", cache_policy=NO_CACHE)
+def read_catalog_task(
+    catalog: CatalogSettings, lightspeed: LightspeedSettings, token: SecretStr
+) -> pl.DataFrame:
+    """Read the catalog; the flow gives it the API retry policy, so a transient error re-reads."""
+    return read_catalog(catalog, lightspeed, token)

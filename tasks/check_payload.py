@@ -1,0 +1,48 @@
+"""Stage 4: the GX payload suite over what is about to be sent; any failure is a bug, so stop."""
+
+from __future__ import annotations
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.suites import ROW_ID, validate
+
+SUITE = "payload"
+
+
+class PayloadInvalid(Exception):
+    """The outgoing payload broke the payload suite; nothing was sent."""
+
+
+def check_payload(payload: pl.DataFrame, catalog: pl.DataFrame) -> None:
+    """Raise PayloadInvalid, naming each failed expectation and example ids, if the suite fails."""
+    frame = payload.with_row_index(ROW_ID).with_columns(
+        pl.col("id").is_in(catalog["id"].implode()).alias("id_in_catalog")
+    )
+    failures = [o for o in validate(frame, SUITE) if not o.success]
+    if not failures:
+        return
+    lines = []
+    for outcome in failures:
+        examples = (
+            frame.filter(pl.col(ROW_ID).is_in(outcome.row_ids[:5]))
+            .select("id", "vendorSku", "quantity")
+            .rows()
+        )
+        shown = ", ".join(f"{pid} ({sku}) = {qty}" for pid, sku, qty in examples)
+        lines.append(
+            f"  - {outcome.reason}: {outcome.unexpected_count} product(s)"
+            + (f", e.g. {shown}" if shown else "")
+        )
+    raise PayloadInvalid(
+        "the outgoing payload failed the payload suite, so nothing was sent "
+        "(this is a bug in inventory-sync; please report it):\n" + "\n".join(lines)
+    )
+
+
+@task(name="check-payload", cache_policy=NO_CACHE)
+def check_payload_task(payload: pl.DataFrame, catalog: pl.DataFrame) -> None:
+    """Validate the payload; a failure stops the run before the load."""
+    check_payload(payload, catalog)
+    get_run_logger().info("payload suite passed: %d product(s) ready to send", payload.height)

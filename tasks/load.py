@@ -1,0 +1,145 @@
+"""Stage 5: chunked PUT /inventory, one Prefect task run per chunk, retried only when it can help."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import task_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import SecretStr
+
+from tasks.config import LightspeedSettings
+from tasks.lightspeed import LightspeedError, RetryableError, retry_policy, shared_client
+
+PROGRESS_KEY = "load-progress"
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """A chunk the API accepted, and after how many attempts."""
+
+    number: int
+    label: str
+    products: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """A chunk that finally failed: why, after how many attempts, and what did not land."""
+
+    number: int
+    label: str
+    error: str
+    status: int | None
+    attempts: int
+    products: pl.DataFrame  # id, vendorSku, quantity
+
+
+@dataclass
+class LoadOutcome:
+    chunks: int = 0
+    accepted: list[ChunkResult] = field(default_factory=list)
+    failed: list[ChunkFailure] = field(default_factory=list)
+
+    @property
+    def products_sent(self) -> int:
+        return sum(c.products for c in self.accepted)
+
+    @property
+    def products_failed(self) -> int:
+        return sum(f.products.height for f in self.failed)
+
+    @property
+    def attempts(self) -> int:
+        return sum(c.attempts for c in self.accepted) + sum(f.attempts for f in self.failed)
+
+
+def split_into_chunks(payload: pl.DataFrame, size: int) -> list[pl.DataFrame]:
+    """Consecutive slices of at most `size` products (zero-copy)."""
+    return [payload.slice(start, size) for start in range(0, payload.height, size)]
+
+
+def chunk_label(number: int, total: int, chunk: pl.DataFrame) -> str:
+    """What a user sees as the task run's name: position, SKU range and size."""
+    first, last = chunk["vendorSku"][0], chunk["vendorSku"][-1]
+    return f"{number}/{total} {first}…{last} ({chunk.height} products)"
+
+
+def chunk_body(chunk: pl.DataFrame) -> bytes:
+    """The PUT body: {"products": [{"id": ..., "quantity": ...}, ...]}."""
+    rows = chunk.select("id", "quantity").write_json()
+    return b'{"products":' + rows.encode() + b"}"
+
+
+@task(name="put-chunk", task_run_name="chunk {label}", cache_policy=NO_CACHE)
+def put_chunk(
+    chunk: pl.DataFrame, number: int, label: str, settings: LightspeedSettings, token: SecretStr
+) -> ChunkResult:
+    """PUT one chunk; on 429 wait out Retry-After inside the attempt, then let Prefect retry."""
+    attempt = task_run.run_count or 1
+    logger = get_run_logger()
+    try:
+        shared_client(settings, token).put_inventory(chunk_body(chunk))
+    except LightspeedError as exc:
+        exc.attempts = attempt  # type: ignore[attr-defined]
+        will_retry = isinstance(exc, RetryableError) and attempt <= settings.retries
+        if will_retry and exc.retry_after:
+            wait = min(exc.retry_after, settings.max_retry_after_seconds)
+            logger.warning("attempt %d: %s; waiting Retry-After %.1fs", attempt, exc, wait)
+            time.sleep(wait)
+        else:
+            logger.warning("attempt %d: %s%s", attempt, exc, "; will retry" if will_retry else "")
+        raise
+    return ChunkResult(number, label, chunk.height, attempt)
+
+
+def load(payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr) -> LoadOutcome:
+    """Send every chunk, at most max_concurrency at once; a failed chunk does not stop the others."""
+    chunks = split_into_chunks(payload, settings.chunk_size)
+    outcome = LoadOutcome(chunks=len(chunks))
+    if not chunks:
+        return outcome
+    put = put_chunk.with_options(**retry_policy(settings))
+    progress = create_progress_artifact(
+        0.0, key=PROGRESS_KEY, description=f"{len(chunks)} chunk(s) of up to {settings.chunk_size}"
+    )
+    labels = [chunk_label(n, len(chunks), c) for n, c in enumerate(chunks, start=1)]
+    with ThreadPoolTaskRunner(max_workers=settings.max_concurrency) as runner:
+        futures = {
+            runner.submit(
+                put,
+                parameters={
+                    "chunk": chunk, "number": n, "label": label,
+                    "settings": settings, "token": token,
+                },
+            ): (n, label, chunk)
+            for n, (label, chunk) in enumerate(zip(labels, chunks, strict=True), start=1)
+        }
+        for done, future in enumerate(as_completed(list(futures)), start=1):
+            number, label, chunk = futures[future]
+            result = future.result(raise_on_failure=False)
+            if isinstance(result, ChunkResult):
+                outcome.accepted.append(result)
+            else:
+                outcome.failed.append(_failure(number, label, chunk, result, settings))
+            if progress is not None:
+                update_progress_artifact(progress, 100.0 * done / len(chunks))
+    outcome.accepted.sort(key=lambda c: c.number)
+    outcome.failed.sort(key=lambda f: f.number)
+    return outcome
+
+
+def _failure(
+    number: int, label: str, chunk: pl.DataFrame, error: object, settings: LightspeedSettings
+) -> ChunkFailure:
+    if isinstance(error, LightspeedError):
+        attempts = getattr(error, "attempts", settings.retries + 1)
+        return ChunkFailure(number, label, str(error), error.status, attempts, chunk)
+    return ChunkFailure(number, label, f"{type(error).__name__}: {error}", None, 1, chunk)

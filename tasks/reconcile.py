@@ -1,0 +1,129 @@
+"""Stage 3: the reconciliation rules, as pure functions of polars frames (no Prefect, no HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import MAX_QUANTITY
+
+# What happens to each catalog product this run, in order of precedence.
+HELD_AMBIGUOUS = "held: vendorSku on several catalog products"
+NOT_TRACKED = "not tracked"
+HELD_NO_SKU = "held: no vendorSku in the catalog"
+HELD_BAD_ROWS = "held: a warehouse row had an unusable quantity"
+HELD_TOO_LARGE = "held: total above 2147483647"
+PUSHED = "pushed"
+ZEROED_ABSENT = "pushed 0: in no warehouse"
+KEPT_ABSENT = "left alone: in no warehouse"
+STATUSES = (
+    PUSHED, ZEROED_ABSENT, KEPT_ABSENT, NOT_TRACKED,
+    HELD_AMBIGUOUS, HELD_NO_SKU, HELD_BAD_ROWS, HELD_TOO_LARGE,
+)
+SENT_STATUSES = (PUSHED, ZEROED_ABSENT)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every catalog product with its new quantity (if any) and what happens to it."""
+
+    products: pl.DataFrame  # id, vendorSku, quantity (Int64, null if not sent), status
+
+    @property
+    def payload(self) -> pl.DataFrame:
+        """The products to send: id, vendorSku, quantity, sorted by SKU for readable chunks."""
+        return (
+            self.products.filter(pl.col("status").is_in(SENT_STATUSES))
+            .select("id", "vendorSku", "quantity")
+            .sort("vendorSku", "id", nulls_last=True)
+        )
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self.products.group_by("status").len().iter_rows())
+        return {status: int(found.get(status, 0)) for status in STATUSES}
+
+
+def stock_by_sku(good_rows: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
+    """Sum bins per warehouse, hold back safety stock (floor 0), then sum warehouses per SKU."""
+    reserve = pl.DataFrame(
+        {"warehouse": list(safety_stock), "safety_stock": list(safety_stock.values())},
+        schema={"warehouse": pl.String, "safety_stock": pl.Int64},
+    )
+    return (
+        good_rows.group_by("warehouse", "sku")
+        .agg(pl.col("quantity").sum().alias("on_hand"))
+        .join(reserve, on="warehouse", how="left")
+        .with_columns(
+            (pl.col("on_hand") - pl.col("safety_stock").fill_null(0)).clip(lower_bound=0)
+            .alias("available")
+        )
+        .group_by("sku")
+        .agg(pl.col("available").sum().alias("available"))
+    )
+
+
+def plan_updates(
+    stock: pl.DataFrame,
+    held_skus: pl.Series,
+    catalog: pl.DataFrame,
+    absent: Literal["zero", "keep"],
+) -> Plan:
+    """Join stock to the catalog and decide, per product, what to send and why."""
+    sku = pl.col("vendorSku")
+    ambiguous = sku.is_not_null() & (pl.len().over("vendorSku") > 1)
+    listed = pl.col("available").is_not_null()
+    products = (
+        catalog.join(stock, left_on="vendorSku", right_on="sku", how="left")
+        .with_columns(
+            pl.when(ambiguous).then(pl.lit(HELD_AMBIGUOUS))
+            .when(~pl.col("tracked")).then(pl.lit(NOT_TRACKED))
+            .when(sku.is_null()).then(pl.lit(HELD_NO_SKU))
+            .when(sku.is_in(held_skus.implode())).then(pl.lit(HELD_BAD_ROWS))
+            .when(listed & (pl.col("available") > MAX_QUANTITY)).then(pl.lit(HELD_TOO_LARGE))
+            .when(listed).then(pl.lit(PUSHED))
+            .when(pl.lit(absent == "zero")).then(pl.lit(ZEROED_ABSENT))
+            .otherwise(pl.lit(KEPT_ABSENT))
+            .alias("status")
+        )
+        .with_columns(
+            pl.when(pl.col("status") == PUSHED).then(pl.col("available"))
+            .when(pl.col("status") == ZEROED_ABSENT).then(pl.lit(0, pl.Int64))
+            .cast(pl.Int64)
+            .alias("quantity")
+        )
+        .select("id", "vendorSku", "quantity", "status")
+    )
+    return Plan(products)
+
+
+def reconcile(
+    good_rows: pl.DataFrame,
+    held_skus: pl.Series,
+    catalog: pl.DataFrame,
+    safety_stock: Mapping[str, int],
+    absent: Literal["zero", "keep"],
+) -> Plan:
+    """All the rules: rows that count → stock per SKU → a decision per catalog product."""
+    return plan_updates(stock_by_sku(good_rows, safety_stock), held_skus, catalog, absent)
+
+
+@task(name="reconcile", cache_policy=NO_CACHE)
+def reconcile_task(
+    good_rows: pl.DataFrame,
+    held_skus: pl.Series,
+    catalog: pl.DataFrame,
+    safety_stock: dict[str, int],
+    absent: Literal["zero", "keep"],
+) -> Plan:
+    """Apply the rules and log how many products land in each outcome."""
+    plan = reconcile(good_rows, held_skus, catalog, safety_stock, absent)
+    logger = get_run_logger()
+    for status, count in plan.counts().items():
+        if count:
+            logger.info("%s: %d product(s)", status, count)
+    return plan

@@ -1,0 +1,193 @@
+"""Stage 6: what a user sees: the summary (CLI and Prefect artifact), quarantine table and CSVs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.check_rows import CheckedRows
+from tasks.extract import Extracted
+from tasks.load import LoadOutcome
+from tasks.reconcile import SENT_STATUSES, Plan
+
+SUMMARY_KEY = "sync-summary"
+QUARANTINE_KEY = "quarantine"
+
+
+@dataclass
+class WarehouseLine:
+    name: str
+    source: str
+    rows: int
+    skus: int
+    bytes: int
+    seconds: float
+    modified_at: str
+
+
+@dataclass
+class RunSummary:
+    """Everything one run did, in numbers; rendered for the terminal and the Prefect UI."""
+
+    run: str
+    dry_run: bool
+    warehouses: list[WarehouseLine]
+    rows_read: int
+    rows_flagged: dict[str, int]  # reason -> rows
+    rows_dropped: int  # quarantined or held rows: they did not count
+    skus_held: int
+    products: dict[str, int]  # status -> products
+    to_send: int
+    chunks: int = 0
+    chunks_accepted: int = 0
+    chunks_failed: int = 0
+    attempts: int = 0
+    products_sent: int = 0
+    products_not_landed: int = 0
+    failures: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.chunks_failed == 0
+
+    @property
+    def retries(self) -> int:
+        return self.attempts - self.chunks_accepted - self.chunks_failed
+
+    def headline(self) -> str:
+        """One line: the verdict and the main counts."""
+        verdict = "OK" if self.ok else "FAILED"
+        sent = "would send" if self.dry_run else f"sent {self.products_sent} of"
+        return (
+            f"{verdict}: {sent} {self.to_send} product(s) in {self.chunks} chunk(s); "
+            f"{sum(self.rows_flagged.values())} row flag(s), {self.skus_held} SKU(s) held, "
+            f"{self.products_not_landed} product(s) did not land"
+        )
+
+    def render(self) -> str:
+        """Plain text, one screen: what was read, flagged, sent, retried and failed."""
+        out = [f"inventory-sync run {self.run}" + (" (dry run: nothing sent)" if self.dry_run else "")]
+        out.append(f"Read {self.rows_read} row(s) from {len(self.warehouses)} warehouse(s):")
+        for w in self.warehouses:
+            out.append(
+                f"  {w.name:<16} {w.rows:>9} rows {w.skus:>8} SKUs  {w.seconds:6.2f}s  "
+                f"{w.source} (modified {w.modified_at})"
+            )
+        if self.rows_flagged:
+            out.append(
+                f"Flagged rows ({self.rows_dropped} did not count, {self.skus_held} SKU(s) held):"
+            )
+            out += [f"  {reason:<32} {n:>9}" for reason, n in self.rows_flagged.items()]
+        else:
+            out.append("Flagged rows: none")
+        out.append("Products:")
+        out += [f"  {status:<48} {n:>9}" for status, n in self.products.items() if n]
+        if self.dry_run:
+            out.append(f"Would send {self.to_send} product(s) in {self.chunks} chunk(s).")
+        else:
+            out.append(
+                f"Sent {self.products_sent} of {self.to_send} product(s): "
+                f"{self.chunks_accepted} of {self.chunks} chunk(s) accepted, "
+                f"{self.attempts} attempt(s) ({self.retries} retried)."
+            )
+        for failure in self.failures:
+            out.append(f"  FAILED {failure}")
+        for what, path in self.files.items():
+            out.append(f"{what}: {path}")
+        verdict = "OK" if self.ok else f"FAILED: {self.products_not_landed} product(s) did not land"
+        out.append(f"Result: {verdict}")
+        return "\n".join(out)
+
+
+def summarize(
+    run: str,
+    dry_run: bool,
+    extracted: Extracted,
+    checked: CheckedRows,
+    plan: Plan,
+    outcome: LoadOutcome | None,
+    chunks: int,
+) -> RunSummary:
+    """Gather the counts of every stage into one summary."""
+    flagged = checked.flagged
+    summary = RunSummary(
+        run=run,
+        dry_run=dry_run,
+        warehouses=[
+            WarehouseLine(
+                name=f.warehouse,
+                source=f.source,
+                rows=f.rows.height,
+                skus=f.rows["sku_text"].str.strip_chars().drop_nulls().n_unique(),
+                bytes=f.bytes_read,
+                seconds=round(extracted.seconds.get(f.warehouse, 0.0), 3),
+                modified_at=f.modified_at.isoformat(timespec="seconds"),
+            )
+            for f in extracted.feeds
+        ],
+        rows_read=sum(f.rows.height for f in extracted.feeds),
+        rows_flagged=dict(flagged.group_by("reason").len().sort("reason").iter_rows()),
+        rows_dropped=flagged.filter(pl.col("action") != "report")["row_id"].n_unique(),
+        skus_held=checked.held_skus.len(),
+        products=plan.counts(),
+        to_send=sum(plan.counts()[s] for s in SENT_STATUSES),
+        chunks=chunks,
+    )
+    if outcome is not None:
+        summary.chunks_accepted = len(outcome.accepted)
+        summary.chunks_failed = len(outcome.failed)
+        summary.attempts = outcome.attempts
+        summary.products_sent = outcome.products_sent
+        summary.products_not_landed = outcome.products_failed
+        summary.failures = [
+            f"chunk {f.label} after {f.attempts} attempt(s): {f.error}" for f in outcome.failed
+        ]
+    return summary
+
+
+def write_files(
+    summary: RunSummary, checked: CheckedRows, outcome: LoadOutcome | None, folder: str
+) -> None:
+    """The quarantine CSV (every flagged row and why) and the not-landed CSV, when non-empty."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = Path(folder)
+    if checked.flagged.height:
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"{stamp}-{summary.run}-quarantine.csv"
+        checked.flagged.drop("row_id").write_csv(path)
+        summary.files["Quarantine report"] = str(path)
+    if outcome is not None and outcome.failed:
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"{stamp}-{summary.run}-not-landed.csv"
+        pl.concat(
+            f.products.with_columns(
+                pl.lit(f.label).alias("chunk"), pl.lit(f.error).alias("error")
+            )
+            for f in outcome.failed
+        ).write_csv(path)
+        summary.files["Products that did not land"] = str(path)
+
+
+def publish_artifacts(summary: RunSummary, checked: CheckedRows, max_rows: int) -> None:
+    """The run summary as markdown and the quarantine as a table, on the flow run's page."""
+    create_markdown_artifact(
+        markdown="```\n" + summary.render() + "\n```",
+        key=SUMMARY_KEY,
+        description="What this run read, flagged, sent, retried and failed",
+    )
+    flagged = checked.flagged.drop("row_id")
+    if flagged.height:
+        shown = flagged.head(max_rows)
+        create_table_artifact(
+            table=shown.to_dicts(),
+            key=QUARANTINE_KEY,
+            description=(
+                f"{flagged.height} flagged row(s)"
+                + (f"; first {max_rows} shown, all in the CSV" if flagged.height > max_rows else "")
+            ),
+        )

@@ -1,0 +1,118 @@
+"""Shared fixtures: a real Prefect server (once per session) and the sandbox API on loopback."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from sandbox.server import SandboxServer  # noqa: E402
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect server (subprocess, temporary SQLite) for the whole session; its API URL."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_LOGGING_TO_API_BATCH_INTERVAL,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=60),
+        temporary_settings(
+            {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOGGING_TO_API_BATCH_INTERVAL: 0.3}
+        ),
+    ):
+        yield str(PREFECT_API_URL.value())
+
+
+def pid(sku: str) -> str:
+    """A stable product UUID per SKU, so tests can name products by SKU."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"test/{sku}"))
+
+
+def product(sku: str | None, tracked: Any = True, quantity: int = 0, **extra: Any) -> dict[str, Any]:
+    inventory = {} if tracked is None else {"isInventoryTrackingEnabled": tracked}
+    return {
+        "id": extra.pop("id", None) or pid(str(sku)),
+        "vendorSku": sku,
+        "name": f"Product {sku}",
+        "inventory": inventory,
+        "quantity": quantity,
+        **extra,
+    }
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """The sandbox API on a free loopback port, empty until a test loads a catalog."""
+    server = SandboxServer(products=[], token=TOKEN, max_products_per_call=1000, port=0)
+    with server:
+        yield server
+
+
+WriteConfig = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, sandbox: SandboxServer) -> WriteConfig:
+    """Write an inventory-sync.toml in tmp_path pointing at the sandbox; returns its path."""
+
+    def write(
+        warehouses: str,
+        *,
+        lightspeed: str = "",
+        catalog: str = "",
+        name: str = "inventory-sync.toml",
+    ) -> Path:
+        text = f"""
+            [lightspeed]
+            base_url = "{sandbox.url}"
+            retry_backoff_seconds = 0.05
+            timeout_seconds = 5
+            {textwrap.dedent(lightspeed)}
+
+            [catalog]
+            {textwrap.dedent(catalog)}
+        """
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text) + textwrap.dedent(warehouses), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("LIGHTSPEED_TOKEN", TOKEN)
+    monkeypatch.delenv("LIGHTSPEED_BASE_URL", raising=False)
+    return TOKEN
+
+
+def csv_warehouse(name: str, path: str, sku: str = "sku", qty: str = "qty", **extra: Any) -> str:
+    """A [[warehouses]] TOML block for a CSV feed."""
+    lines = [
+        "[[warehouses]]",
+        f'name = "{name}"',
+        'kind = "csv"',
+        f'path = "{path}"',
+        f'sku_column = "{sku}"',
+        f'quantity_column = "{qty}"',
+    ]
+    for key, value in extra.items():
+        lines.append(f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {str(value).lower()}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,134 @@
+"""Row parsing and the GX warehouse-rows suite, run for real on literal rows."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from tasks.check_payload import PayloadInvalid, check_payload
+from tasks.check_rows import check_rows
+from tasks.suites import SUITES_DIR
+
+CATALOG = pl.DataFrame(
+    {"id": ["a", "b", "ü"], "vendorSku": ["A", "B", "ÜBER-1"], "tracked": [True] * 3, "backorder": [False] * 3}
+)
+
+
+def feed(*pairs: tuple[str | None, str | None]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "warehouse": ["east"] * len(pairs),
+            "source": ["east.csv"] * len(pairs),
+            "line": list(range(2, len(pairs) + 2)),
+            "sku_text": [p[0] for p in pairs],
+            "quantity_text": [p[1] for p in pairs],
+        },
+        schema={"warehouse": pl.String, "source": pl.String, "line": pl.Int64, "sku_text": pl.String, "quantity_text": pl.String},
+    ).with_row_index("row_id")
+
+
+@pytest.mark.parametrize(
+    ("text", "quantity"),
+    [("12", 12), (" 12 ", 12), ("12.0", 12), ("12.000", 12), ("0", 0), ("+7", 7), ("2147483647", 2147483647)],
+)
+def test_integer_quantities_count(text, quantity):
+    checked = check_rows(feed(("A", text)), CATALOG)
+    assert checked.good["quantity"].to_list() == [quantity]
+    assert checked.flagged.height == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "missing quantity"),
+        (None, "missing quantity"),
+        ("   ", "missing quantity"),
+        ("abc", "quantity is not an integer"),
+        ("3.5", "quantity is not an integer"),
+        ("12.", "quantity is not an integer"),
+        ("1e3", "quantity is not an integer"),
+        ("2147483648", "quantity out of range"),
+        ("99999999999999999999999", "quantity out of range"),
+    ],
+)
+def test_unusable_quantity_quarantines_the_row_and_holds_the_sku(text, reason):
+    checked = check_rows(feed(("A", text), ("A", "5"), ("B", "1")), CATALOG)
+    assert checked.flagged.select("line", "reason", "action").rows() == [(2, reason, "hold")]
+    assert checked.held_skus.to_list() == ["A"]
+    assert checked.good.select("sku", "quantity").rows() == [("A", 5), ("B", 1)]
+
+
+def test_negative_quantity_is_reported_but_counts():
+    checked = check_rows(feed(("A", "-3")), CATALOG)
+    assert checked.flagged.select("reason", "action").rows() == [("negative quantity", "report")]
+    assert checked.good["quantity"].to_list() == [-3]
+    assert checked.held_skus.len() == 0
+
+
+@pytest.mark.parametrize("sku", ["", "   ", None])
+def test_empty_sku_is_quarantined(sku):
+    checked = check_rows(feed((sku, "4"), ("A", "1")), CATALOG)
+    assert checked.flagged.select("line", "reason", "action").rows() == [(2, "empty SKU", "quarantine")]
+    assert checked.good["sku"].to_list() == ["A"]
+
+
+def test_sku_is_trimmed_and_unicode_kept():
+    checked = check_rows(feed(("  ÜBER-1 ", "2"), ("A\t", "1")), CATALOG)
+    assert checked.flagged.height == 0
+    assert checked.good["sku"].to_list() == ["ÜBER-1", "A"]
+
+
+def test_unknown_sku_is_quarantined_not_held():
+    checked = check_rows(feed(("NOPE", "4"), ("A", "1")), CATALOG)
+    assert checked.flagged.select("sku_text", "reason", "action").rows() == [("NOPE", "unknown SKU", "quarantine")]
+    assert checked.held_skus.len() == 0
+
+
+def test_a_row_can_carry_several_reasons():
+    checked = check_rows(feed(("NOPE", "-2147483649")), CATALOG)
+    reasons = set(checked.flagged["reason"])
+    assert reasons == {"quantity out of range", "negative quantity", "unknown SKU"}
+
+
+def test_flagged_rows_name_file_line_and_raw_values():
+    checked = check_rows(feed(("A", "1"), ("B", "x y")), CATALOG)
+    row = checked.flagged.row(0, named=True)
+    assert (row["source"], row["line"], row["sku_text"], row["quantity_text"]) == ("east.csv", 3, "B", "x y")
+
+
+def test_every_suite_file_is_gx_loadable_and_every_expectation_has_a_reason():
+    import great_expectations as gx
+
+    for path in SUITES_DIR.glob("*.json"):
+        spec = json.loads(path.read_text())
+        suite = gx.ExpectationSuite(**spec)
+        assert len(suite.expectations) == len(spec["expectations"]) > 0
+        assert all(e["meta"].get("reason") for e in spec["expectations"]), path
+
+
+PAYLOAD_CATALOG = pl.DataFrame({"id": ["a", "b"], "vendorSku": ["A", "B"]})
+
+
+def payload(ids, quantities):
+    return pl.DataFrame({"id": ids, "vendorSku": ["A"] * len(ids), "quantity": quantities}, schema={"id": pl.String, "vendorSku": pl.String, "quantity": pl.Int64})
+
+
+def test_payload_suite_passes_a_good_payload():
+    check_payload(payload(["a", "b"], [0, 2147483647]), PAYLOAD_CATALOG)
+
+
+@pytest.mark.parametrize(
+    ("ids", "quantities", "reason"),
+    [
+        (["a", "zzz"], [1, 1], "product id not in the catalog"),
+        (["a", "a"], [1, 2], "product id sent twice"),
+        (["a"], [-1], "quantity outside 0..2147483647"),
+        (["a"], [2147483648], "quantity outside 0..2147483647"),
+        (["a", "b"], [1, None], "missing quantity"),
+    ],
+)
+def test_payload_suite_stops_a_bad_payload(ids, quantities, reason):
+    with pytest.raises(PayloadInvalid, match=reason):
+        check_payload(payload(ids, quantities), PAYLOAD_CATALOG)
