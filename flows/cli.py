@@ -69,7 +69,8 @@ def sandbox(
     from sandbox.server import serve
 
     token = os.environ.get("LIGHTSPEED_TOKEN") or "sandbox-token"
-    serve(host, port, str(catalog) if catalog else None, token, max_products)
+    source = "$LIGHTSPEED_TOKEN" if os.environ.get("LIGHTSPEED_TOKEN") else "the default"
+    serve(host, port, str(catalog) if catalog else None, token, max_products, token_source=source)
 
 
 @app.command()

@@ -23,12 +23,13 @@ class SyncFailed(Exception):
     def __init__(self, summary: RunSummary) -> None:
         super().__init__(
             f"{summary.chunks_failed} chunk(s) failed; "
-            f"{summary.products_not_landed} product(s) did not land:\n" + "\n".join(summary.failures)
+            f"{summary.products_not_landed} product(s) did not land:\n"
+            + "\n".join(summary.failures)
         )
         self.summary = summary
 
 
-@flow(name="inventory-sync", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="inventory-sync", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
 def inventory_sync(config_path: str = "inventory-sync.toml", dry_run: bool = False) -> RunSummary:
     """Push each product's available quantity, reconciled from every warehouse, to Lightspeed.
 
@@ -50,7 +51,9 @@ def inventory_sync(config_path: str = "inventory-sync.toml", dry_run: bool = Fal
 
     checked = check_rows_task(extracted.rows(), catalog)
     safety_stock = {w.name: w.safety_stock for w in settings.warehouses}
-    plan = reconcile_task(checked.good, checked.held_skus, catalog, safety_stock, settings.catalog.absent)
+    plan = reconcile_task(
+        checked.good, checked.held_skus, catalog, safety_stock, settings.catalog.absent
+    )
     payload = plan.payload
     check_payload_task(payload, catalog)
 
@@ -60,7 +63,9 @@ def inventory_sync(config_path: str = "inventory-sync.toml", dry_run: bool = Fal
         close_shared_clients()
 
     chunks = len(split_into_chunks(payload, api.chunk_size))
-    summary = summarize(flow_run.name or "local", dry_run, extracted, checked, plan, outcome, chunks)
+    summary = summarize(
+        flow_run.name or "local", dry_run, extracted, checked, plan, outcome, chunks
+    )
     write_files(summary, checked, outcome, settings.report.dir)
     publish_artifacts(summary, checked, settings.report.max_artifact_rows)
     logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")

@@ -34,7 +34,9 @@ def demo_catalog() -> list[dict[str, Any]]:
         _product("MUG-BLACK", "Mug Black", [True], True),
         _product("POSTER-A2", "Poster A2 (no warehouse lists it)", True, False),
         _product("CAP-BLUE", "Cap Blue", True, False, pid=product_id("CAP-BLUE#1")),
-        _product("CAP-BLUE", "Cap Blue (duplicate listing)", True, False, pid=product_id("CAP-BLUE#2")),
+        _product(
+            "CAP-BLUE", "Cap Blue (duplicate listing)", True, False, pid=product_id("CAP-BLUE#2")
+        ),
         _product("GIFT-25", "Gift card 25", [False], False),
         _product("GIFT-50", "Gift card 50", None, False),
         _product("SÜSS-TEA", "Süß tea tin", True, False),
@@ -146,7 +148,7 @@ def run_demo(folder: Path) -> int:
     catalog = write_demo(folder)
     with SandboxServer(products=catalog, token=DEMO_TOKEN, port=0) as server:
         os.environ["LIGHTSPEED_BASE_URL"] = server.url
-        os.environ.setdefault("LIGHTSPEED_TOKEN", DEMO_TOKEN)
+        os.environ["LIGHTSPEED_TOKEN"] = DEMO_TOKEN  # the sandbox's, never a real one
         print(f"Sandbox Lightspeed API on {server.url} with {len(catalog)} demo products")
         status = run_once(folder / "inventory-sync.toml", dry_run=False)
         expected = expected_quantities(catalog)

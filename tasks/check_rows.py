@@ -48,7 +48,9 @@ def parse_rows(rows: pl.DataFrame, catalog_skus: pl.Series) -> pl.DataFrame:
             pl.when(pl.col("quantity_number").abs() <= MAX_QUANTITY)
             .then(digits.cast(pl.Int64, strict=False))
             .alias("quantity"),
-            pl.col("sku").is_in(catalog_skus.drop_nulls().unique().implode()).alias("sku_in_catalog"),
+            pl.col("sku")
+            .is_in(catalog_skus.drop_nulls().unique().implode())
+            .alias("sku_in_catalog"),
         )
     )
 
@@ -98,7 +100,9 @@ def check_rows_task(rows: pl.DataFrame, catalog: pl.DataFrame) -> CheckedRows:
     logger = get_run_logger()
     logger.info(
         "%d rows checked: %d count, %d flagged, %d SKU(s) held",
-        rows.height, checked.good.height, checked.flagged["row_id"].n_unique(),
+        rows.height,
+        checked.good.height,
+        checked.flagged["row_id"].n_unique(),
         checked.held_skus.len(),
     )
     for reason, count in checked.flagged.group_by("reason").len().sort("reason").iter_rows():

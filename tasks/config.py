@@ -7,7 +7,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -121,7 +121,9 @@ WAREHOUSE_KINDS = ("csv", "parquet")
 
 
 class ReportSettings(_Section):
-    dir: str = Field("reports", validate_default=True, description="where each run writes its quarantine CSV")
+    dir: str = Field(
+        "reports", validate_default=True, description="where each run writes its quarantine CSV"
+    )
     max_artifact_rows: int = Field(500, ge=1, description="quarantined rows shown in the UI")
 
     _resolve = field_validator("dir")(_relative_to_config)
@@ -202,14 +204,17 @@ def _warehouse_name(data: Mapping[str, Any], index: int) -> str | None:
     return None
 
 
-def resolve_token(settings: LightspeedSettings, environ: Mapping[str, str] | None = None) -> SecretStr:
+def resolve_token(
+    settings: LightspeedSettings, environ: Mapping[str, str] | None = None
+) -> SecretStr:
     """The API token, from the named Prefect Secret block or else $LIGHTSPEED_TOKEN; never logged."""
     environ = os.environ if environ is None else environ
     if settings.token_secret:
         from prefect.blocks.system import Secret
 
         try:
-            value = Secret.load(settings.token_secret).get()
+            block = cast(Secret[str], Secret.load(settings.token_secret))
+            value = block.get()
         except Exception as exc:
             raise ConfigError(
                 f"lightspeed.token_secret: cannot load Prefect Secret block "

@@ -51,7 +51,11 @@ def extract_warehouse(warehouse: Warehouse) -> tuple[Feed, float]:
     seconds = time.perf_counter() - started
     get_run_logger().info(
         "warehouse %r: %d rows, %d bytes from %s in %.2fs",
-        feed.warehouse, feed.rows.height, feed.bytes_read, feed.source, seconds,
+        feed.warehouse,
+        feed.rows.height,
+        feed.bytes_read,
+        feed.source,
+        seconds,
     )
     return feed, seconds
 
@@ -60,7 +64,9 @@ def extract_all(warehouses: Sequence[Warehouse]) -> Extracted:
     """Read all warehouses concurrently; if any fails, raise naming every one that failed."""
     futures = [extract_warehouse.submit(w) for w in warehouses]
     wait(futures)
-    feeds, seconds, problems = [], {}, []
+    feeds: list[Feed] = []
+    seconds: dict[str, float] = {}
+    problems: list[str] = []
     for warehouse, future in zip(warehouses, futures, strict=True):
         outcome = future.result(raise_on_failure=False)
         if isinstance(outcome, WarehouseUnreadable):

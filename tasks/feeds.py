@@ -48,7 +48,9 @@ def feed_frame(
     first_line: int,
 ) -> Feed:
     """Pick the configured SKU and quantity columns, as text, numbered by the line they came from."""
-    missing = [c for c in (warehouse.sku_column, warehouse.quantity_column) if c not in frame.columns]
+    missing = [
+        c for c in (warehouse.sku_column, warehouse.quantity_column) if c not in frame.columns
+    ]
     if missing:
         raise WarehouseUnreadable(
             warehouse.name,

@@ -110,7 +110,9 @@ class LightspeedClient:
         except httpx.TimeoutException as exc:
             raise RetryableError(f"{what}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            raise RetryableError(f"{what}: connection failed ({type(exc).__name__}: {exc})") from None
+            raise RetryableError(
+                f"{what}: connection failed ({type(exc).__name__}: {exc})"
+            ) from None
         return judge(what, response)
 
 

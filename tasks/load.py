@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
+from uuid import UUID
 
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
@@ -101,36 +103,57 @@ def put_chunk(
 
 
 def load(payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr) -> LoadOutcome:
-    """Send every chunk, at most max_concurrency at once; a failed chunk does not stop the others."""
+    """Send every chunk, at most max_concurrency at once; a failed chunk does not stop the others.
+
+    The one exception is 401/403: the token is wrong for every chunk, so no further chunk is
+    started and the ones not sent are reported as such.
+    """
     chunks = split_into_chunks(payload, settings.chunk_size)
     outcome = LoadOutcome(chunks=len(chunks))
     if not chunks:
         return outcome
     put = put_chunk.with_options(**retry_policy(settings))
-    progress = create_progress_artifact(
-        0.0, key=PROGRESS_KEY, description=f"{len(chunks)} chunk(s) of up to {settings.chunk_size}"
+    progress = cast(
+        UUID,
+        create_progress_artifact(
+            0.0,
+            key=PROGRESS_KEY,
+            description=f"{len(chunks)} chunk(s) of up to {settings.chunk_size}",
+        ),
     )
-    labels = [chunk_label(n, len(chunks), c) for n, c in enumerate(chunks, start=1)]
-    with ThreadPoolTaskRunner(max_workers=settings.max_concurrency) as runner:
-        futures = {
-            runner.submit(
-                put,
-                parameters={
-                    "chunk": chunk, "number": n, "label": label,
-                    "settings": settings, "token": token,
-                },
-            ): (n, label, chunk)
-            for n, (label, chunk) in enumerate(zip(labels, chunks, strict=True), start=1)
-        }
-        for done, future in enumerate(as_completed(list(futures)), start=1):
-            number, label, chunk = futures[future]
+    queue = [(n, chunk_label(n, len(chunks), c), c) for n, c in enumerate(chunks, start=1)]
+    queue.reverse()
+    in_flight: dict[PrefectFuture[ChunkResult], tuple[int, str, pl.DataFrame]] = {}
+    stop_reason = ""
+    with ThreadPoolTaskRunner(max_workers=settings.max_concurrency) as runner:  # type: ignore[var-annotated]
+        while queue or in_flight:
+            while queue and not stop_reason and len(in_flight) < settings.max_concurrency:
+                number, label, chunk = queue.pop()
+                parameters = {
+                    "chunk": chunk,
+                    "number": number,
+                    "label": label,
+                    "settings": settings,
+                    "token": token,
+                }
+                in_flight[runner.submit(put, parameters=parameters)] = (number, label, chunk)
+            if not in_flight:
+                break
+            future = next(as_completed(list(in_flight)))
+            number, label, chunk = in_flight.pop(future)
             result = future.result(raise_on_failure=False)
             if isinstance(result, ChunkResult):
                 outcome.accepted.append(result)
             else:
-                outcome.failed.append(_failure(number, label, chunk, result, settings))
+                failure = _failure(number, label, chunk, result, settings)
+                outcome.failed.append(failure)
+                if failure.status in (401, 403):
+                    stop_reason = f"not sent: an earlier chunk got HTTP {failure.status}"
             if progress is not None:
+                done = len(outcome.accepted) + len(outcome.failed)
                 update_progress_artifact(progress, 100.0 * done / len(chunks))
+    for number, label, chunk in reversed(queue):
+        outcome.failed.append(ChunkFailure(number, label, stop_reason, None, 0, chunk))
     outcome.accepted.sort(key=lambda c: c.number)
     outcome.failed.sort(key=lambda f: f.number)
     return outcome

@@ -22,8 +22,14 @@ PUSHED = "pushed"
 ZEROED_ABSENT = "pushed 0: in no warehouse"
 KEPT_ABSENT = "left alone: in no warehouse"
 STATUSES = (
-    PUSHED, ZEROED_ABSENT, KEPT_ABSENT, NOT_TRACKED,
-    HELD_AMBIGUOUS, HELD_NO_SKU, HELD_BAD_ROWS, HELD_TOO_LARGE,
+    PUSHED,
+    ZEROED_ABSENT,
+    KEPT_ABSENT,
+    NOT_TRACKED,
+    HELD_AMBIGUOUS,
+    HELD_NO_SKU,
+    HELD_BAD_ROWS,
+    HELD_TOO_LARGE,
 )
 SENT_STATUSES = (PUSHED, ZEROED_ABSENT)
 
@@ -59,7 +65,8 @@ def stock_by_sku(good_rows: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl
         .agg(pl.col("quantity").sum().alias("on_hand"))
         .join(reserve, on="warehouse", how="left")
         .with_columns(
-            (pl.col("on_hand") - pl.col("safety_stock").fill_null(0)).clip(lower_bound=0)
+            (pl.col("on_hand") - pl.col("safety_stock").fill_null(0))
+            .clip(lower_bound=0)
             .alias("available")
         )
         .group_by("sku")
@@ -80,19 +87,28 @@ def plan_updates(
     products = (
         catalog.join(stock, left_on="vendorSku", right_on="sku", how="left")
         .with_columns(
-            pl.when(ambiguous).then(pl.lit(HELD_AMBIGUOUS))
-            .when(~pl.col("tracked")).then(pl.lit(NOT_TRACKED))
-            .when(sku.is_null()).then(pl.lit(HELD_NO_SKU))
-            .when(sku.is_in(held_skus.implode())).then(pl.lit(HELD_BAD_ROWS))
-            .when(listed & (pl.col("available") > MAX_QUANTITY)).then(pl.lit(HELD_TOO_LARGE))
-            .when(listed).then(pl.lit(PUSHED))
-            .when(pl.lit(absent == "zero")).then(pl.lit(ZEROED_ABSENT))
+            pl.when(ambiguous)
+            .then(pl.lit(HELD_AMBIGUOUS))
+            .when(~pl.col("tracked"))
+            .then(pl.lit(NOT_TRACKED))
+            .when(sku.is_null())
+            .then(pl.lit(HELD_NO_SKU))
+            .when(sku.is_in(held_skus.implode()))
+            .then(pl.lit(HELD_BAD_ROWS))
+            .when(listed & (pl.col("available") > MAX_QUANTITY))
+            .then(pl.lit(HELD_TOO_LARGE))
+            .when(listed)
+            .then(pl.lit(PUSHED))
+            .when(pl.lit(absent == "zero"))
+            .then(pl.lit(ZEROED_ABSENT))
             .otherwise(pl.lit(KEPT_ABSENT))
             .alias("status")
         )
         .with_columns(
-            pl.when(pl.col("status") == PUSHED).then(pl.col("available"))
-            .when(pl.col("status") == ZEROED_ABSENT).then(pl.lit(0, pl.Int64))
+            pl.when(pl.col("status") == PUSHED)
+            .then(pl.col("available"))
+            .when(pl.col("status") == ZEROED_ABSENT)
+            .then(pl.lit(0, pl.Int64))
             .cast(pl.Int64)
             .alias("quantity")
         )

@@ -71,7 +71,9 @@ class RunSummary:
 
     def render(self) -> str:
         """Plain text, one screen: what was read, flagged, sent, retried and failed."""
-        out = [f"inventory-sync run {self.run}" + (" (dry run: nothing sent)" if self.dry_run else "")]
+        out = [
+            f"inventory-sync run {self.run}" + (" (dry run: nothing sent)" if self.dry_run else "")
+        ]
         out.append(f"Read {self.rows_read} row(s) from {len(self.warehouses)} warehouse(s):")
         for w in self.warehouses:
             out.append(
@@ -165,9 +167,7 @@ def write_files(
         base.mkdir(parents=True, exist_ok=True)
         path = base / f"{stamp}-{summary.run}-not-landed.csv"
         pl.concat(
-            f.products.with_columns(
-                pl.lit(f.label).alias("chunk"), pl.lit(f.error).alias("error")
-            )
+            f.products.with_columns(pl.lit(f.label).alias("chunk"), pl.lit(f.error).alias("error"))
             for f in outcome.failed
         ).write_csv(path)
         summary.files["Products that did not land"] = str(path)

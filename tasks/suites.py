@@ -69,6 +69,7 @@ def validate(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
     outcomes = []
     for item in result.results:
         config = item.expectation_config
+        assert config is not None  # GX fills it for every result of a suite run
         if item.exception_info and item.exception_info.get("raised_exception"):
             raise SuiteError(
                 f"suite {suite_name}: {config.type} on {config.kwargs.get('column')} raised "

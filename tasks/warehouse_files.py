@@ -50,7 +50,9 @@ def read_parquet_feed(warehouse: ParquetWarehouse) -> Feed:
     try:
         frame = pl.read_parquet(io.BytesIO(data))
     except pl.exceptions.PolarsError as exc:
-        raise WarehouseUnreadable(warehouse.name, f"{path}: not a readable Parquet file: {exc}") from None
+        raise WarehouseUnreadable(
+            warehouse.name, f"{path}: not a readable Parquet file: {exc}"
+        ) from None
     return feed_frame(warehouse, str(path), frame, len(data), modified, first_line=1)
 
 
@@ -73,7 +75,7 @@ def _as_utf8(warehouse: str, path: Path, data: bytes, encoding: str) -> bytes:
             raise WarehouseUnreadable(
                 warehouse,
                 f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); "
-                "set encoding = \"...\" for this warehouse",
+                'set encoding = "..." for this warehouse',
             ) from None
         return data
     try:

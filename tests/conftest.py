@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import textwrap
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,7 +13,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from sandbox.server import SandboxServer  # noqa: E402
+from sandbox.server import SandboxServer
 
 TOKEN = "test-token"
 
@@ -38,23 +36,6 @@ def prefect_api() -> Iterator[str]:
         ),
     ):
         yield str(PREFECT_API_URL.value())
-
-
-def pid(sku: str) -> str:
-    """A stable product UUID per SKU, so tests can name products by SKU."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"test/{sku}"))
-
-
-def product(sku: str | None, tracked: Any = True, quantity: int = 0, **extra: Any) -> dict[str, Any]:
-    inventory = {} if tracked is None else {"isInventoryTrackingEnabled": tracked}
-    return {
-        "id": extra.pop("id", None) or pid(str(sku)),
-        "vendorSku": sku,
-        "name": f"Product {sku}",
-        "inventory": inventory,
-        "quantity": quantity,
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -101,18 +82,3 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("LIGHTSPEED_TOKEN", TOKEN)
     monkeypatch.delenv("LIGHTSPEED_BASE_URL", raising=False)
     return TOKEN
-
-
-def csv_warehouse(name: str, path: str, sku: str = "sku", qty: str = "qty", **extra: Any) -> str:
-    """A [[warehouses]] TOML block for a CSV feed."""
-    lines = [
-        "[[warehouses]]",
-        f'name = "{name}"',
-        'kind = "csv"',
-        f'path = "{path}"',
-        f'sku_column = "{sku}"',
-        f'quantity_column = "{qty}"',
-    ]
-    for key, value in extra.items():
-        lines.append(f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {str(value).lower()}")
-    return "\n".join(lines) + "\n"

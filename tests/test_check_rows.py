@@ -12,7 +12,12 @@ from tasks.check_rows import check_rows
 from tasks.suites import SUITES_DIR
 
 CATALOG = pl.DataFrame(
-    {"id": ["a", "b", "ü"], "vendorSku": ["A", "B", "ÜBER-1"], "tracked": [True] * 3, "backorder": [False] * 3}
+    {
+        "id": ["a", "b", "ü"],
+        "vendorSku": ["A", "B", "ÜBER-1"],
+        "tracked": [True] * 3,
+        "backorder": [False] * 3,
+    }
 )
 
 
@@ -25,13 +30,27 @@ def feed(*pairs: tuple[str | None, str | None]) -> pl.DataFrame:
             "sku_text": [p[0] for p in pairs],
             "quantity_text": [p[1] for p in pairs],
         },
-        schema={"warehouse": pl.String, "source": pl.String, "line": pl.Int64, "sku_text": pl.String, "quantity_text": pl.String},
+        schema={
+            "warehouse": pl.String,
+            "source": pl.String,
+            "line": pl.Int64,
+            "sku_text": pl.String,
+            "quantity_text": pl.String,
+        },
     ).with_row_index("row_id")
 
 
 @pytest.mark.parametrize(
     ("text", "quantity"),
-    [("12", 12), (" 12 ", 12), ("12.0", 12), ("12.000", 12), ("0", 0), ("+7", 7), ("2147483647", 2147483647)],
+    [
+        ("12", 12),
+        (" 12 ", 12),
+        ("12.0", 12),
+        ("12.000", 12),
+        ("0", 0),
+        ("+7", 7),
+        ("2147483647", 2147483647),
+    ],
 )
 def test_integer_quantities_count(text, quantity):
     checked = check_rows(feed(("A", text)), CATALOG)
@@ -70,7 +89,9 @@ def test_negative_quantity_is_reported_but_counts():
 @pytest.mark.parametrize("sku", ["", "   ", None])
 def test_empty_sku_is_quarantined(sku):
     checked = check_rows(feed((sku, "4"), ("A", "1")), CATALOG)
-    assert checked.flagged.select("line", "reason", "action").rows() == [(2, "empty SKU", "quarantine")]
+    assert checked.flagged.select("line", "reason", "action").rows() == [
+        (2, "empty SKU", "quarantine")
+    ]
     assert checked.good["sku"].to_list() == ["A"]
 
 
@@ -82,7 +103,9 @@ def test_sku_is_trimmed_and_unicode_kept():
 
 def test_unknown_sku_is_quarantined_not_held():
     checked = check_rows(feed(("NOPE", "4"), ("A", "1")), CATALOG)
-    assert checked.flagged.select("sku_text", "reason", "action").rows() == [("NOPE", "unknown SKU", "quarantine")]
+    assert checked.flagged.select("sku_text", "reason", "action").rows() == [
+        ("NOPE", "unknown SKU", "quarantine")
+    ]
     assert checked.held_skus.len() == 0
 
 
@@ -95,7 +118,12 @@ def test_a_row_can_carry_several_reasons():
 def test_flagged_rows_name_file_line_and_raw_values():
     checked = check_rows(feed(("A", "1"), ("B", "x y")), CATALOG)
     row = checked.flagged.row(0, named=True)
-    assert (row["source"], row["line"], row["sku_text"], row["quantity_text"]) == ("east.csv", 3, "B", "x y")
+    assert (row["source"], row["line"], row["sku_text"], row["quantity_text"]) == (
+        "east.csv",
+        3,
+        "B",
+        "x y",
+    )
 
 
 def test_every_suite_file_is_gx_loadable_and_every_expectation_has_a_reason():
@@ -112,7 +140,10 @@ PAYLOAD_CATALOG = pl.DataFrame({"id": ["a", "b"], "vendorSku": ["A", "B"]})
 
 
 def payload(ids, quantities):
-    return pl.DataFrame({"id": ids, "vendorSku": ["A"] * len(ids), "quantity": quantities}, schema={"id": pl.String, "vendorSku": pl.String, "quantity": pl.Int64})
+    return pl.DataFrame(
+        {"id": ids, "vendorSku": ["A"] * len(ids), "quantity": quantities},
+        schema={"id": pl.String, "vendorSku": pl.String, "quantity": pl.Int64},
+    )
 
 
 def test_payload_suite_passes_a_good_payload():

@@ -41,22 +41,45 @@ def test_defaults_and_paths_relative_to_the_config_file(tmp_path):
 
 
 def test_base_url_from_the_environment_wins(tmp_path):
-    settings = load_settings(write(tmp_path, GOOD), environ={"LIGHTSPEED_BASE_URL": "http://127.0.0.1:9"})
+    settings = load_settings(
+        write(tmp_path, GOOD), environ={"LIGHTSPEED_BASE_URL": "http://127.0.0.1:9"}
+    )
     assert settings.lightspeed.base_url == "http://127.0.0.1:9"
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace('sku_column = "sku"\n', ""), r'warehouses\[0\] \(name = "east"\)\.sku_column: Field required'),
-        (lambda t: t.replace('kind = "csv"', 'kind = "ftp"'), r"warehouses\[0\].*kind must be one of csv, parquet"),
+        (
+            lambda t: t.replace('sku_column = "sku"\n', ""),
+            r'warehouses\[0\] \(name = "east"\)\.sku_column: Field required',
+        ),
+        (
+            lambda t: t.replace('kind = "csv"', 'kind = "ftp"'),
+            r"warehouses\[0\].*kind must be one of csv, parquet",
+        ),
         (lambda t: t + "\n    chunksize = 3\n", r"warehouses\[0\].*chunksize: unknown key"),
-        (lambda t: t.replace("[lightspeed]", "[lightspeed]\n    chunk_size = 0"), r"lightspeed\.chunk_size: Input should be greater than or equal to 1"),
-        (lambda t: t.replace('base_url = "https://api.example.test/"', 'base_url = "ftp://x"'), r"lightspeed\.base_url: .*http"),
-        (lambda t: t.replace('"https://api.example.test/"', '"https://x"\n    tokn = "x"'), r"lightspeed\.tokn: unknown key"),
+        (
+            lambda t: t.replace("[lightspeed]", "[lightspeed]\n    chunk_size = 0"),
+            r"lightspeed\.chunk_size: Input should be greater than or equal to 1",
+        ),
+        (
+            lambda t: t.replace('base_url = "https://api.example.test/"', 'base_url = "ftp://x"'),
+            r"lightspeed\.base_url: .*http",
+        ),
+        (
+            lambda t: t.replace('"https://api.example.test/"', '"https://x"\n    tokn = "x"'),
+            r"lightspeed\.tokn: unknown key",
+        ),
         (lambda t: t + '\n    encoding = "klingon"\n', r"encoding: .*unknown encoding 'klingon'"),
-        (lambda t: t + '\n    [catalog]\n    source = "file"\n', r'catalog: .*source = "file" needs path'),
-        (lambda t: t + t[t.index("[[warehouses]]"):], r"warehouse names must be unique; repeated: east"),
+        (
+            lambda t: t + '\n    [catalog]\n    source = "file"\n',
+            r'catalog: .*source = "file" needs path',
+        ),
+        (
+            lambda t: t + t[t.index("[[warehouses]]") :],
+            r"warehouse names must be unique; repeated: east",
+        ),
         (lambda t: t.replace("[lightspeed]", "[lightspeed\n"), r"not valid TOML"),
     ],
 )
@@ -87,7 +110,10 @@ def test_token_from_a_prefect_secret_block(tmp_path, prefect_api):
     from prefect.blocks.system import Secret
 
     Secret(value="from-block").save("test-lightspeed-token", overwrite=True)
-    text = GOOD.replace('base_url = "https://api.example.test/"', 'base_url = "https://x"\n    token_secret = "test-lightspeed-token"')
+    text = GOOD.replace(
+        'base_url = "https://api.example.test/"',
+        'base_url = "https://x"\n    token_secret = "test-lightspeed-token"',
+    )
     settings = load_settings(write(tmp_path, text), environ={})
     assert resolve_token(settings.lightspeed, environ={}).get_secret_value() == "from-block"
     missing = settings.lightspeed.model_copy(update={"token_secret": "no-such-block"})

@@ -41,7 +41,12 @@ def catalog(*entries: tuple[str, str | None, bool]) -> pl.DataFrame:
             "tracked": [e[2] for e in entries],
             "backorder": [False] * len(entries),
         },
-        schema={"id": pl.String, "vendorSku": pl.String, "tracked": pl.Boolean, "backorder": pl.Boolean},
+        schema={
+            "id": pl.String,
+            "vendorSku": pl.String,
+            "tracked": pl.Boolean,
+            "backorder": pl.Boolean,
+        },
     )
 
 
@@ -56,7 +61,10 @@ def outcome(plan, product_id: str) -> tuple[int | None, str]:
 def test_bins_are_summed_per_warehouse_and_warehouses_added():
     plan = reconcile(
         rows(("east", "A", 3), ("east", "A", 4), ("west", "A", 10)),
-        NO_HELD, catalog(("a", "A", True)), {"east": 0, "west": 0}, "zero",
+        NO_HELD,
+        catalog(("a", "A", True)),
+        {"east": 0, "west": 0},
+        "zero",
     )
     assert outcome(plan, "a") == (17, PUSHED)
 
@@ -74,7 +82,10 @@ def test_bins_are_summed_per_warehouse_and_warehouses_added():
 def test_safety_stock_and_negative_rows(east_rows, safety, expected):
     plan = reconcile(
         rows(*[("east", "A", q) for q in east_rows], ("west", "A", 0)),
-        NO_HELD, catalog(("a", "A", True)), {"east": safety, "west": 0}, "zero",
+        NO_HELD,
+        catalog(("a", "A", True)),
+        {"east": safety, "west": 0},
+        "zero",
     )
     assert outcome(plan, "a") == (expected, PUSHED)
 
@@ -83,15 +94,21 @@ def test_one_warehouse_cannot_cancel_another():
     """East is short (negative after reserve); west's stock is not reduced by it."""
     plan = reconcile(
         rows(("east", "A", -5), ("west", "A", 4)),
-        NO_HELD, catalog(("a", "A", True)), {"east": 0, "west": 0}, "zero",
+        NO_HELD,
+        catalog(("a", "A", True)),
+        {"east": 0, "west": 0},
+        "zero",
     )
     assert outcome(plan, "a") == (4, PUSHED)
 
 
 def test_ambiguous_sku_holds_every_product_that_carries_it():
     plan = reconcile(
-        rows(("east", "D", 5)), NO_HELD,
-        catalog(("d1", "D", True), ("d2", "D", True), ("e", "E", True)), {"east": 0}, "zero",
+        rows(("east", "D", 5)),
+        NO_HELD,
+        catalog(("d1", "D", True), ("d2", "D", True), ("e", "E", True)),
+        {"east": 0},
+        "zero",
     )
     assert outcome(plan, "d1") == (None, HELD_AMBIGUOUS)
     assert outcome(plan, "d2") == (None, HELD_AMBIGUOUS)
@@ -106,9 +123,17 @@ def test_untracked_products_are_never_sent():
     assert plan.payload.height == 0
 
 
-@pytest.mark.parametrize(("absent", "expected"), [("zero", (0, ZEROED_ABSENT)), ("keep", (None, KEPT_ABSENT))])
+@pytest.mark.parametrize(
+    ("absent", "expected"), [("zero", (0, ZEROED_ABSENT)), ("keep", (None, KEPT_ABSENT))]
+)
 def test_tracked_product_no_warehouse_lists(absent, expected):
-    plan = reconcile(rows(("east", "A", 1)), NO_HELD, catalog(("a", "A", True), ("p", "P", True)), {"east": 0}, absent)
+    plan = reconcile(
+        rows(("east", "A", 1)),
+        NO_HELD,
+        catalog(("a", "A", True), ("p", "P", True)),
+        {"east": 0},
+        absent,
+    )
     assert outcome(plan, "p") == expected
 
 
@@ -120,20 +145,31 @@ def test_held_sku_pushes_nothing_even_with_good_rows():
 
 
 def test_product_without_sku_is_held_not_zeroed():
-    plan = reconcile(rows(("east", "A", 1)), NO_HELD, catalog(("a", "A", True), ("n", None, True)), {"east": 0}, "zero")
+    plan = reconcile(
+        rows(("east", "A", 1)),
+        NO_HELD,
+        catalog(("a", "A", True), ("n", None, True)),
+        {"east": 0},
+        "zero",
+    )
     assert outcome(plan, "n") == (None, HELD_NO_SKU)
 
 
 def test_total_above_int32_is_held():
     plan = reconcile(
         rows(("east", "A", 2_000_000_000), ("west", "A", 2_000_000_000)),
-        NO_HELD, catalog(("a", "A", True)), {"east": 0, "west": 0}, "zero",
+        NO_HELD,
+        catalog(("a", "A", True)),
+        {"east": 0, "west": 0},
+        "zero",
     )
     assert outcome(plan, "a") == (None, HELD_TOO_LARGE)
 
 
 def test_counts_cover_every_product_once():
-    cat = catalog(("a", "A", True), ("b", "B", False), ("c", "C", True), ("d1", "D", True), ("d2", "D", True))
+    cat = catalog(
+        ("a", "A", True), ("b", "B", False), ("c", "C", True), ("d1", "D", True), ("d2", "D", True)
+    )
     plan = reconcile(rows(("east", "A", 2)), NO_HELD, cat, {"east": 0}, "zero")
     counts = plan.counts()
     assert sum(counts.values()) == cat.height
@@ -142,7 +178,10 @@ def test_counts_cover_every_product_once():
 
 
 @given(
-    quantities=st.lists(st.tuples(st.sampled_from(["e", "w"]), st.sampled_from("ABCDE"), st.integers(-50, 50)), max_size=60),
+    quantities=st.lists(
+        st.tuples(st.sampled_from(["e", "w"]), st.sampled_from("ABCDE"), st.integers(-50, 50)),
+        max_size=60,
+    ),
     safety=st.integers(0, 10),
 )
 def test_quantities_are_never_negative_and_match_a_plain_sum(quantities, safety):
@@ -153,14 +192,22 @@ def test_quantities_are_never_negative_and_match_a_plain_sum(quantities, safety)
         per = [sum(q for w, s, q in quantities if w == wh and s == sku) for wh in ("e", "w")]
         listed = [wh for wh in ("e", "w") if any(w == wh and s == sku for w, s, _ in quantities)]
         if listed:
-            expected[sku] = sum(max(per[i] - safety, 0) for i, wh in enumerate(("e", "w")) if wh in listed)
+            expected[sku] = sum(
+                max(per[i] - safety, 0) for i, wh in enumerate(("e", "w")) if wh in listed
+            )
     assert dict(stock.iter_rows()) == expected
     assert all(v >= 0 for v in expected.values())
 
 
 @given(n=st.integers(0, 2000), size=st.integers(1, 700))
 def test_chunks_cover_the_payload_exactly_once(n, size):
-    payload = pl.DataFrame({"id": [f"id{i}" for i in range(n)], "vendorSku": [f"S{i}" for i in range(n)], "quantity": list(range(n))})
+    payload = pl.DataFrame(
+        {
+            "id": [f"id{i}" for i in range(n)],
+            "vendorSku": [f"S{i}" for i in range(n)],
+            "quantity": list(range(n)),
+        }
+    )
     chunks = split_into_chunks(payload, size)
     assert all(1 <= c.height <= size for c in chunks)
     assert pl.concat(chunks).equals(payload) if chunks else n == 0

@@ -14,7 +14,13 @@ from tasks.feeds import WarehouseUnreadable
 
 
 def csv_wh(path: Path | str, **extra) -> CsvWarehouse:
-    fields = {"name": "east", "kind": "csv", "path": str(path), "sku_column": "sku", "quantity_column": "qty"}
+    fields = {
+        "name": "east",
+        "kind": "csv",
+        "path": str(path),
+        "sku_column": "sku",
+        "quantity_column": "qty",
+    }
     return CsvWarehouse(**(fields | extra))
 
 
@@ -25,7 +31,10 @@ def read(path: Path, data: bytes, **extra) -> pl.DataFrame:
 
 def test_values_are_read_as_text_with_line_numbers(tmp_path):
     rows = read(tmp_path / "f.csv", b"sku,bin,qty\nA,1,007\nB,2,3.0\n")
-    assert rows.select("sku_text", "quantity_text", "line").rows() == [("A", "007", 2), ("B", "3.0", 3)]
+    assert rows.select("sku_text", "quantity_text", "line").rows() == [
+        ("A", "007", 2),
+        ("B", "3.0", 3),
+    ]
     assert rows["warehouse"].unique().to_list() == ["east"]
 
 
@@ -76,7 +85,9 @@ def test_header_only_is_accepted_when_allowed(tmp_path):
 
 
 def test_missing_file_names_the_pattern(tmp_path):
-    with pytest.raises(WarehouseUnreadable, match=r"warehouse 'east': no file matches .*east-\*\.csv"):
+    with pytest.raises(
+        WarehouseUnreadable, match=r"warehouse 'east': no file matches .*east-\*\.csv"
+    ):
         read_feed(csv_wh(tmp_path / "east-*.csv"))
 
 
@@ -93,14 +104,23 @@ def test_glob_picks_the_newest_file(tmp_path):
 def test_parquet_numbers_become_text_for_the_checks(tmp_path):
     path = tmp_path / "n.parquet"
     pl.DataFrame({"code": ["A", "B"], "on_hand": [3, -1]}).write_parquet(path)
-    wh = ParquetWarehouse(name="north", kind="parquet", path=str(path), sku_column="code", quantity_column="on_hand")
+    wh = ParquetWarehouse(
+        name="north", kind="parquet", path=str(path), sku_column="code", quantity_column="on_hand"
+    )
     rows = read_feed(wh).rows
-    assert rows.select("sku_text", "quantity_text", "line").rows() == [("A", "3", 1), ("B", "-1", 2)]
+    assert rows.select("sku_text", "quantity_text", "line").rows() == [
+        ("A", "3", 1),
+        ("B", "-1", 2),
+    ]
 
 
 def test_corrupt_parquet(tmp_path):
     path = tmp_path / "n.parquet"
     path.write_bytes(b"PAR1 this is not parquet")
-    wh = ParquetWarehouse(name="north", kind="parquet", path=str(path), sku_column="c", quantity_column="q")
-    with pytest.raises(WarehouseUnreadable, match="warehouse 'north': .*not a readable Parquet file"):
+    wh = ParquetWarehouse(
+        name="north", kind="parquet", path=str(path), sku_column="c", quantity_column="q"
+    )
+    with pytest.raises(
+        WarehouseUnreadable, match="warehouse 'north': .*not a readable Parquet file"
+    ):
         read_feed(wh)
