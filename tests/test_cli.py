@@ -1,0 +1,113 @@
+"""The `inventory-sync` command as a user runs it: a real subprocess, its output and exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builders import csv_warehouse, pid, product
+
+from sandbox.server import Fault
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+def cli(*args: str, api: str | None, cwd: Path, token: str = "test-token", **env: str):
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LIGHTSPEED_", "PREFECT_API"))
+    }
+    environ |= {"LIGHTSPEED_TOKEN": token, **env}
+    if api:
+        environ["PREFECT_API_URL"] = api
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.fixture
+def config(tmp_path, sandbox, write_config) -> Path:
+    sandbox.reset(products=[product(f"S{i}") for i in range(4)])
+    (tmp_path / "feeds").mkdir()
+    (tmp_path / "feeds" / "east.csv").write_text(
+        "sku,qty\n" + "".join(f"S{i},{i}\n" for i in range(4))
+    )
+    return write_config(
+        csv_warehouse("east", "feeds/east.csv"), lightspeed="chunk_size = 2\nretries = 1"
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["sandbox"], ["demo"]])
+def test_help(command, tmp_path):
+    result = cli(*command, "--help", api=None, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+def test_exit_0_prints_the_summary_and_works_from_any_directory(
+    config, sandbox, prefect_api, tmp_path
+):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli("run", "--config", str(config), api=prefect_api, cwd=elsewhere)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Sent 4 of 4 product(s): 2 of 2 chunk(s) accepted" in result.stdout
+    assert "Result: OK" in result.stdout
+    assert sandbox.quantities() == {pid(f"S{i}"): i for i in range(4)}
+    assert "test-token" not in result.stdout + result.stderr
+
+
+def test_exit_1_when_a_chunk_finally_fails(config, sandbox, prefect_api, tmp_path):
+    sandbox.add_fault(Fault(status=503, times=10, if_contains_id=pid("S3")))
+    result = cli("run", "--config", str(config), api=prefect_api, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED chunk 2/2 S2…S3 (2 products) after 2 attempt(s)" in result.stdout
+    assert "Result: FAILED: 2 product(s) did not land" in result.stdout
+    assert sandbox.quantities()[pid("S1")] == 1
+
+
+def test_exit_1_when_a_warehouse_cannot_be_read(config, sandbox, prefect_api, tmp_path):
+    (tmp_path / "feeds" / "east.csv").unlink()
+    result = cli("run", "--config", str(config), api=prefect_api, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "warehouse 'east': no file matches" in result.stderr
+    assert [r for r in sandbox.requests() if r.method == "PUT"] == []
+
+
+def test_exit_2_for_a_bad_configuration(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[lightspeed]\nbase_url = "http://x"\n[[warehouses]]\nname = "e"\nkind = "csv"\n'
+    )
+    result = cli("run", "--config", str(bad), api=None, cwd=tmp_path)
+    assert result.returncode == 2
+    assert 'warehouses[0] (name = "e").path: Field required' in result.stderr
+    assert 'warehouses[0] (name = "e").sku_column: Field required' in result.stderr
+
+
+def test_exit_2_without_a_token(config, tmp_path):
+    result = cli("run", "--config", str(config), api=None, cwd=tmp_path, token="")
+    assert result.returncode == 2
+    assert "no API token: set LIGHTSPEED_TOKEN" in result.stderr
+
+
+def test_exit_2_for_bad_usage(tmp_path):
+    assert cli("run", api=None, cwd=tmp_path).returncode == 2
+    assert cli("frobnicate", api=None, cwd=tmp_path).returncode == 2
+
+
+def test_demo_is_what_make_run_does(tmp_path, prefect_api):
+    import shutil
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "demo" / "inventory-sync.toml", demo)
+    result = cli("demo", "--dir", str(demo), api=prefect_api, cwd=tmp_path, token="a-real-token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "Demo check: the sandbox holds the expected quantity for all 28 products." in result.stdout
+    )
+    assert list((demo / "reports").glob("*-quarantine.csv"))
