@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
 from tasks.catalog import read_catalog_task
 from tasks.check_payload import check_payload_task
 from tasks.check_rows import check_rows_task
-from tasks.config import load_settings, resolve_token
+from tasks.config import apply_run_options, load_settings, resolve_token
 from tasks.extract import extract_all
 from tasks.lightspeed import close_shared_clients, retry_policy
 from tasks.load import load, split_into_chunks
 from tasks.reconcile import reconcile_task
-from tasks.report import RunSummary, publish_artifacts, summarize, write_files
+from tasks.report import RunSummary, emit_run_event, publish_artifacts, summarize, write_files
 
 
 class SyncFailed(Exception):
@@ -29,16 +32,29 @@ class SyncFailed(Exception):
         self.summary = summary
 
 
-@flow(name="inventory-sync", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
-def inventory_sync(config_path: str = "inventory-sync.toml", dry_run: bool = False) -> RunSummary:
+@flow(
+    name="inventory-sync",
+    task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
+    on_completion=[emit_run_event],
+    on_failure=[emit_run_event],
+)
+def inventory_sync(
+    config_path: str = "inventory-sync.toml",
+    dry_run: bool = False,
+    warehouses: list[str] | None = None,
+    chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
+) -> RunSummary:
     """Push each product's available quantity, reconciled from every warehouse, to Lightspeed.
 
     Args:
-        config_path: the TOML configuration file (relative paths inside it are read from its folder)
-        dry_run: read, check and reconcile everything, but send nothing
+        config_path: The TOML configuration file; relative paths inside it are read from its folder.
+        dry_run: Read, check and reconcile everything, but send nothing.
+        warehouses: Sync only these warehouses (by name). Products they do not list are left
+            alone, whatever catalog.absent says. Empty: all warehouses.
+        chunk_size: Products per PUT for this run only. Empty: lightspeed.chunk_size.
     """
     logger = get_run_logger()
-    settings = load_settings(config_path)
+    settings = apply_run_options(load_settings(config_path), warehouses, chunk_size)
     api = settings.lightspeed
     token = resolve_token(api)
 

@@ -166,6 +166,35 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise ConfigError(f"{path}: invalid configuration:\n{describe_errors(exc, data)}") from None
 
 
+def apply_run_options(
+    settings: Settings, warehouses: list[str] | None, chunk_size: int | None
+) -> Settings:
+    """Narrow a run to some warehouses and/or override the chunk size, from flow parameters.
+
+    A run over a subset of warehouses cannot know that a product is in no warehouse, so it
+    never zeroes absent products: it leaves them alone.
+    """
+    if warehouses:
+        known = {w.name for w in settings.warehouses}
+        unknown = [name for name in warehouses if name not in known]
+        if unknown:
+            raise ConfigError(
+                f"warehouses parameter: no warehouse named {', '.join(map(repr, unknown))}; "
+                f"the configuration has {', '.join(map(repr, sorted(known)))}"
+            )
+        chosen = [w for w in settings.warehouses if w.name in warehouses]
+        settings = settings.model_copy(
+            update={
+                "warehouses": chosen,
+                "catalog": settings.catalog.model_copy(update={"absent": "keep"}),
+            }
+        )
+    if chunk_size:
+        lightspeed = settings.lightspeed.model_copy(update={"chunk_size": chunk_size})
+        settings = settings.model_copy(update={"lightspeed": lightspeed})
+    return settings
+
+
 def describe_errors(exc: ValidationError, data: Mapping[str, Any]) -> str:
     """One line per problem, naming the key as a user wrote it (warehouses by name too)."""
     lines = []

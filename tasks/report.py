@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
 from tasks.check_rows import CheckedRows
 from tasks.extract import Extracted
@@ -191,3 +193,50 @@ def publish_artifacts(summary: RunSummary, checked: CheckedRows, max_rows: int) 
                 + (f"; first {max_rows} shown, all in the CSV" if flagged.height > max_rows else "")
             ),
         )
+
+
+EVENT_SUCCEEDED = "inventory-sync.run.succeeded"
+EVENT_FAILED = "inventory-sync.run.failed"
+
+
+def run_event_payload(result: object) -> dict[str, object]:
+    """The counts an automation can test, from a summary or from the error that ended the run."""
+    summary = getattr(result, "summary", result)
+    if not isinstance(summary, RunSummary):
+        return {"error": f"{type(result).__name__}: {result}"[:2000]}
+    payload: dict[str, object] = {
+        "dry_run": summary.dry_run,
+        "rows_read": summary.rows_read,
+        "rows_flagged": sum(summary.rows_flagged.values()),
+        "rows_dropped": summary.rows_dropped,
+        "skus_held": summary.skus_held,
+        "products_to_send": summary.to_send,
+        "products_sent": summary.products_sent,
+        "products_not_landed": summary.products_not_landed,
+        "chunks": summary.chunks,
+        "chunks_failed": summary.chunks_failed,
+        "attempts": summary.attempts,
+    }
+    if summary.failures:
+        payload["error"] = "; ".join(summary.failures)[:2000]
+    return payload
+
+
+def emit_run_event(flow: object, flow_run: Any, state: Any) -> None:
+    """Prefect flow hook: one event per run, `inventory-sync.run.succeeded` or `.failed`."""
+    result = state.result(raise_on_failure=False) if state.is_final() else None
+    emit_event(
+        event=EVENT_SUCCEEDED if state.is_completed() else EVENT_FAILED,
+        resource={
+            "prefect.resource.id": f"inventory-sync.run.{flow_run.id}",
+            "prefect.resource.name": flow_run.name,
+        },
+        related=[
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+                "prefect.resource.role": "flow-run",
+                "prefect.resource.name": flow_run.name,
+            }
+        ],
+        payload=run_event_payload(result),
+    )

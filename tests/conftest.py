@@ -13,6 +13,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from postgres import PostgresServer
+
 from sandbox.server import SandboxServer
 
 TOKEN = "test-token"
@@ -82,3 +84,13 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("LIGHTSPEED_TOKEN", TOKEN)
     monkeypatch.delenv("LIGHTSPEED_BASE_URL", raising=False)
     return TOKEN
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on a free loopback port for the whole session."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -275,3 +275,45 @@ def test_the_ui_gets_artifacts_and_one_task_run_per_chunk(
     assert chunks["chunk 2/3 S2…S3 (2 products)"].run_count == 2  # the 503, then success
     assert sorted(t.run_count for t in chunks.values()) == [1, 1, 2]
     assert all(t.state.is_completed() for t in chunks.values())
+
+
+def test_run_options_narrow_warehouses_and_override_chunk_size(tmp_path, sandbox, write_config):
+    sandbox.reset(products=[product("E", quantity=1), product("W", quantity=5)])
+    feed(tmp_path / "east.csv", ("E", 3))
+    feed(tmp_path / "west.csv", ("W", 9))
+    config = write_config(csv_warehouse("east", "east.csv") + csv_warehouse("west", "west.csv"))
+    state, summary = run(config, warehouses=["east"], chunk_size=1)
+    assert state.is_completed()
+    # west is not read in this run, so W is left alone rather than zeroed as absent
+    assert sandbox.quantities() == {pid("E"): 3, pid("W"): 5}
+    assert [w.name for w in summary.warehouses] == ["east"]
+    state, result = run(config, warehouses=["nowhere"])
+    assert state.is_failed() and "no warehouse named 'nowhere'" in str(result)
+
+
+def test_each_run_emits_an_event_with_its_counts(tmp_path, sandbox, write_config, prefect_api):
+    import httpx
+
+    config = simple_setup(tmp_path, sandbox, write_config)
+    sandbox.add_fault(Fault(status=422, if_contains_id=pid("S0")))
+    state, _ = run(config)
+    assert state.is_failed()
+    flow_run_id = str(state.state_details.flow_run_id)
+    deadline = time.monotonic() + 20
+    events: list = []
+    while time.monotonic() < deadline and not events:
+        response = httpx.post(
+            f"{prefect_api}/events/filter",
+            json={"filter": {"event": {"prefix": ["inventory-sync.run."]}}, "limit": 50},
+        )
+        events = [
+            e
+            for e in response.json()["events"]
+            if e["resource"]["prefect.resource.id"].endswith(flow_run_id)
+        ]
+        time.sleep(0.3)
+    [event] = events
+    assert event["event"] == "inventory-sync.run.failed"
+    assert event["payload"]["products_not_landed"] == 2
+    assert event["payload"]["products_sent"] == 4
+    assert "HTTP 422" in event["payload"]["error"]
