@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -92,13 +92,9 @@ class WarehouseBase(_Section):
     )
 
 
-class CsvWarehouse(WarehouseBase):
-    kind: Literal["csv"]
-    path: str = Field(description="file or glob; a glob picks the newest matching file")
+class CsvOptions(_Section):
     delimiter: str = Field(",", min_length=1, max_length=1)
     encoding: str = "utf-8"
-
-    _resolve = field_validator("path")(_relative_to_config)
 
     @field_validator("encoding")
     @classmethod
@@ -109,6 +105,13 @@ class CsvWarehouse(WarehouseBase):
             raise ValueError(f"unknown encoding {value!r}") from None
 
 
+class CsvWarehouse(WarehouseBase, CsvOptions):
+    kind: Literal["csv"]
+    path: str = Field(description="file or glob; a glob picks the newest matching file")
+
+    _resolve = field_validator("path")(_relative_to_config)
+
+
 class ParquetWarehouse(WarehouseBase):
     kind: Literal["parquet"]
     path: str = Field(description="file or glob; a glob picks the newest matching file")
@@ -116,8 +119,131 @@ class ParquetWarehouse(WarehouseBase):
     _resolve = field_validator("path")(_relative_to_config)
 
 
-Warehouse = Annotated[CsvWarehouse | ParquetWarehouse, Field(discriminator="kind")]
-WAREHOUSE_KINDS = ("csv", "parquet")
+SECRET_SHAPE = 'write { env = "VARIABLE" } or { secret = "prefect-secret-block" }'
+
+
+class SecretRef(_Section):
+    """Where a secret lives: an environment variable or a Prefect Secret block, never the file."""
+
+    env: str | None = Field(None, min_length=1, description="environment variable")
+    secret: str | None = Field(None, min_length=1, description="Prefect Secret block name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(SECRET_SHAPE + "; a secret is never written in the file")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.secret is None):
+            raise ValueError(SECRET_SHAPE)
+        return self
+
+
+class RemoteWarehouse(WarehouseBase):
+    timeout_seconds: float = Field(30.0, gt=0, description="connect / per-request timeout")
+    retries: int = Field(3, ge=0, le=20, description="extract retries after a transient error")
+    retry_backoff_seconds: float = Field(
+        2.0, ge=0, description="first retry delay; doubles on each further retry, with jitter"
+    )
+
+    def secret_refs(self) -> dict[str, SecretRef]:
+        """The secrets this warehouse needs, by config key."""
+        return {key: value for key, value in self if isinstance(value, SecretRef)}
+
+
+class SftpWarehouse(RemoteWarehouse, CsvOptions):
+    kind: Literal["sftp"]
+    host: str = Field(min_length=1)
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    password: SecretRef | None = None
+    private_key: SecretRef | None = Field(None, description="the key itself (OpenSSH/PEM text)")
+    passphrase: SecretRef | None = Field(None, description="for an encrypted private_key")
+    known_hosts: str | None = Field(None, description="known_hosts file listing the server's key")
+    host_key: str | None = Field(None, description='the server\'s key: "ssh-ed25519 AAAA..."')
+    path: str = Field(min_length=1, description="remote file or glob; the newest match is read")
+    archive_dir: str | None = Field(
+        None, min_length=1, description="remote folder the file moves to after a successful run"
+    )
+
+    _resolve = field_validator("known_hosts")(_relative_to_config)
+
+    @field_validator("host_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        import asyncssh
+
+        if value is None:
+            return None
+        try:
+            asyncssh.import_public_key(value)
+        except (asyncssh.KeyImportError, ValueError):
+            raise ValueError(
+                'not an SSH public key; write it as ssh-keyscan prints it, "ssh-ed25519 AAAA..."'
+            ) from None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _verified_login(self) -> SftpWarehouse:
+        if (self.known_hosts is None) == (self.host_key is None):
+            raise ValueError(
+                "give exactly one of known_hosts (a file) or host_key (the server's public key); "
+                "the server's host key is always verified"
+            )
+        if self.password is None and self.private_key is None:
+            raise ValueError("give password or private_key (or both)")
+        if self.passphrase is not None and self.private_key is None:
+            raise ValueError("passphrase is for an encrypted private_key; private_key is missing")
+        return self
+
+
+class HttpWarehouse(RemoteWarehouse):
+    kind: Literal["http"]
+    base_url: str = Field(description="the WMS API root, e.g. https://wms.example.com/api")
+    path: str = Field("", description="the stock endpoint, relative to base_url")
+    params: dict[str, str] = Field(default_factory=dict, description="extra query parameters")
+    auth_header: str = Field("Authorization", min_length=1)
+    auth_value: SecretRef | None = Field(None, description='the whole value, e.g. "Bearer abc"')
+    records_path: str = Field("", description='dotted path to each page\'s records; "" = the body')
+    pagination: Literal["none", "page", "cursor", "next"] = "none"
+    page_param: str = Field("page", min_length=1)
+    first_page: int = Field(1, ge=0)
+    page_size_param: str | None = Field(None, min_length=1)
+    page_size: int | None = Field(None, ge=1)
+    cursor_param: str = Field("cursor", min_length=1)
+    cursor_path: str | None = Field(None, min_length=1, description="dotted path to next cursor")
+    next_path: str = Field("next", min_length=1, description="dotted path to the next page's URL")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _pagination_keys(self) -> HttpWarehouse:
+        if self.pagination == "cursor" and not self.cursor_path:
+            raise ValueError('pagination = "cursor" needs cursor_path = "<dotted path>"')
+        if (self.page_size is None) != (self.page_size_param is None):
+            raise ValueError("page_size and page_size_param go together")
+        return self
+
+
+class SqlWarehouse(RemoteWarehouse):
+    kind: Literal["sql"]
+    url: SecretRef = Field(description="SQLAlchemy URL, e.g. postgresql://user:pw@host/db")
+    query: str = Field(min_length=1, description="returns the SKU and quantity columns")
+
+
+Warehouse = Annotated[
+    CsvWarehouse | ParquetWarehouse | SftpWarehouse | HttpWarehouse | SqlWarehouse,
+    Field(discriminator="kind"),
+]
+WAREHOUSE_KINDS = ("csv", "parquet", "sftp", "http", "sql")
 
 
 class ReportSettings(_Section):
@@ -257,3 +383,41 @@ def resolve_token(
             "in lightspeed.token_secret"
         )
     return SecretStr(token)
+
+
+def resolve_secrets(
+    warehouses: Sequence[Any], environ: Mapping[str, str] | None = None
+) -> dict[str, dict[str, SecretStr]]:
+    """Every warehouse's secrets by warehouse name and key, read once; one error lists all missing."""
+    environ = os.environ if environ is None else environ
+    resolved: dict[str, dict[str, SecretStr]] = {}
+    problems: list[str] = []
+    for warehouse in warehouses:
+        refs = warehouse.secret_refs() if isinstance(warehouse, RemoteWarehouse) else {}
+        resolved[warehouse.name] = {}
+        for key, ref in refs.items():
+            where = f'warehouses (name = "{warehouse.name}").{key}'
+            try:
+                resolved[warehouse.name][key] = _secret_value(ref, environ)
+            except ValueError as exc:
+                problems.append(f"  - {where}: {exc}")
+    if problems:
+        raise ConfigError("cannot read warehouse secret(s):\n" + "\n".join(problems))
+    return resolved
+
+
+def _secret_value(ref: SecretRef, environ: Mapping[str, str]) -> SecretStr:
+    if ref.env is not None:
+        value = environ.get(ref.env, "")
+        if not value.strip():
+            raise ValueError(f"environment variable {ref.env} is not set")
+        return SecretStr(value)
+    from prefect.blocks.system import Secret
+
+    name = str(ref.secret)
+    try:
+        return SecretStr(str(cast(Secret[str], Secret.load(name)).get()))
+    except Exception as exc:
+        raise ValueError(
+            f"cannot load Prefect Secret block {name!r}: {type(exc).__name__}"
+        ) from None

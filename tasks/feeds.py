@@ -27,6 +27,10 @@ class WarehouseUnreadable(Exception):
         self.cause = cause
 
 
+class WarehouseUnavailable(WarehouseUnreadable):
+    """A failure that may pass (connection, timeout, HTTP 429/5xx): the extract task retries it."""
+
+
 @dataclass(frozen=True)
 class Feed:
     """One warehouse's rows as read, before any check: every value still text."""

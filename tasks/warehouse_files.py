@@ -1,4 +1,4 @@
-"""Warehouse exports on disk: CSV and Parquet files, the newest match of a glob."""
+"""Warehouse exports on disk: CSV and Parquet files, the newest match of a glob; CSV parsing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.config import CsvWarehouse, ParquetWarehouse
+from tasks.config import CsvWarehouse, ParquetWarehouse, SftpWarehouse
 from tasks.feeds import Feed, WarehouseUnreadable, feed_frame
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -24,12 +24,20 @@ def newest_file(warehouse: str, pattern: str) -> Path:
 
 
 def read_csv_feed(warehouse: CsvWarehouse) -> Feed:
-    """Read a CSV export: every cell as text, so nothing is coerced before the checks."""
+    """Read a CSV export from disk."""
     path = newest_file(warehouse.name, warehouse.path)
     data, modified = _read_bytes(warehouse.name, path)
-    data = _as_utf8(warehouse.name, path, data, warehouse.encoding)
+    return csv_feed(warehouse, str(path), data, modified)
+
+
+def csv_feed(
+    warehouse: CsvWarehouse | SftpWarehouse, source: str, data: bytes, modified: datetime
+) -> Feed:
+    """Parse a CSV export's bytes: every cell as text, so nothing is coerced before the checks."""
+    size = len(data)
+    data = _as_utf8(warehouse.name, source, data, warehouse.encoding)
     if not data.strip():
-        raise WarehouseUnreadable(warehouse.name, f"{path}: file is empty (no header row)")
+        raise WarehouseUnreadable(warehouse.name, f"{source}: file is empty (no header row)")
     try:
         frame = pl.read_csv(
             io.BytesIO(data),
@@ -38,9 +46,9 @@ def read_csv_feed(warehouse: CsvWarehouse) -> Feed:
             has_header=True,
         )
     except pl.exceptions.PolarsError as exc:
-        raise WarehouseUnreadable(warehouse.name, f"{path}: not a readable CSV: {exc}") from None
+        raise WarehouseUnreadable(warehouse.name, f"{source}: not a readable CSV: {exc}") from None
     frame = frame.rename({c: c.strip() for c in frame.columns})
-    return feed_frame(warehouse, str(path), frame, len(data), modified, first_line=2)
+    return feed_frame(warehouse, source, frame, size, modified, first_line=2)
 
 
 def read_parquet_feed(warehouse: ParquetWarehouse) -> Feed:
@@ -64,7 +72,7 @@ def _read_bytes(warehouse: str, path: Path) -> tuple[bytes, datetime]:
         raise WarehouseUnreadable(warehouse, f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _as_utf8(warehouse: str, path: Path, data: bytes, encoding: str) -> bytes:
+def _as_utf8(warehouse: str, source: str, data: bytes, encoding: str) -> bytes:
     """UTF-8 without a byte-order mark, decoding other encodings first."""
     if encoding in ("utf-8", "utf-8-sig"):
         data = data.removeprefix(UTF8_BOM)
@@ -74,7 +82,7 @@ def _as_utf8(warehouse: str, path: Path, data: bytes, encoding: str) -> bytes:
             line = data.count(b"\n", 0, exc.start) + 1
             raise WarehouseUnreadable(
                 warehouse,
-                f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); "
+                f"{source}: line {line} is not valid UTF-8 (byte {exc.start}); "
                 'set encoding = "..." for this warehouse',
             ) from None
         return data
@@ -83,5 +91,5 @@ def _as_utf8(warehouse: str, path: Path, data: bytes, encoding: str) -> bytes:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise WarehouseUnreadable(
-            warehouse, f"{path}: line {line} is not valid {encoding} (byte {exc.start})"
+            warehouse, f"{source}: line {line} is not valid {encoding} (byte {exc.start})"
         ) from None
