@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,17 +24,36 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 @app.command()
 def run(
     config: Path = typer.Option(..., "--config", "-c", help="the TOML configuration file"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="check and reconcile, send nothing"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="check and reconcile, show what would change, send nothing"
+    ),
+    full: bool = typer.Option(False, "--full", help="send every product, not only changes"),
+    warehouse: list[str] = typer.Option(
+        [], "--warehouse", "-w", help="sync only this warehouse (repeatable)"
+    ),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1, help="products per PUT"),
+    approve_large_changes: bool = typer.Option(
+        False, "--approve-large-changes", help="send even if the change guard trips"
+    ),
 ) -> None:
     """Run the sync once and print its summary.
 
     Exit status: 0 every valid update landed; 1 the run failed or a chunk finally failed;
     2 bad configuration or usage.
     """
-    raise typer.Exit(run_once(config, dry_run))
+    raise typer.Exit(
+        run_once(
+            config,
+            dry_run=dry_run,
+            full=full,
+            warehouses=warehouse or None,
+            chunk_size=chunk_size,
+            approve_large_changes=approve_large_changes,
+        )
+    )
 
 
-def run_once(config: Path, dry_run: bool) -> int:
+def run_once(config: Path, **parameters: Any) -> int:
     """Run the flow in this process; print the summary; return the exit status."""
     try:
         load_settings(config)  # fail fast, before Prefect starts, on a bad file
@@ -43,7 +63,7 @@ def run_once(config: Path, dry_run: bool) -> int:
     from flows.sync import SyncFailed, inventory_sync
     from tasks.report import RunSummary
 
-    state = inventory_sync(config_path=str(config), dry_run=dry_run, return_state=True)
+    state = inventory_sync(config_path=str(config), return_state=True, **parameters)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunSummary):
         typer.echo(result.render())
@@ -81,6 +101,29 @@ def demo(
     from sandbox.demo import run_demo
 
     raise typer.Exit(run_demo(folder))
+
+
+@app.command("local-stack")
+def local_stack(
+    port: int = typer.Option(4200, "--port", help="port of the Prefect server and UI on 127.0.0.1"),
+    sandbox_port: int = typer.Option(
+        8765, "--sandbox-port", help="port of the sandbox API on 127.0.0.1; 0: any free port"
+    ),
+    folder: Path = typer.Option(Path("demo"), "--dir", help="where the demo config and feeds live"),
+    home: Path = typer.Option(
+        Path(".prefect"), "--home", envvar="PREFECT_HOME", help="the Prefect server's home (SQLite)"
+    ),
+    timezone: str = typer.Option(
+        "UTC", "--timezone", envvar="INVENTORY_SYNC_TIMEZONE", help="timezone of the schedules"
+    ),
+) -> None:
+    """Start a Prefect server with its UI, the sandbox API, the deployments and a worker; run once.
+
+    Everything stops on Ctrl-C.
+    """
+    from flows.local_stack import run_local_stack
+
+    raise typer.Exit(run_local_stack(home, folder, port, sandbox_port, timezone))
 
 
 def main() -> None:

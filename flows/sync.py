@@ -1,9 +1,11 @@
-"""The inventory sync flow: extract → check rows → reconcile → check payload → load → report."""
+"""The inventory sync flow: extract → check rows → reconcile → check payload → plan → load → verify."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
+import polars as pl
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -14,10 +16,20 @@ from tasks.check_payload import check_payload_task
 from tasks.check_rows import check_rows_task
 from tasks.config import apply_run_options, load_settings, resolve_token
 from tasks.extract import extract_all
+from tasks.guards import ask_for_approval, guard_feed_ages, measure_breaker
 from tasks.lightspeed import close_shared_clients, retry_policy
 from tasks.load import load, split_into_chunks
+from tasks.plan import plan_changes
 from tasks.reconcile import reconcile_task
-from tasks.report import RunSummary, emit_run_event, publish_artifacts, summarize, write_files
+from tasks.report import (
+    RunSummary,
+    emit_run_event,
+    publish_artifacts,
+    summarize,
+    write_files,
+)
+from tasks.state import StateStore
+from tasks.verify import read_back_task
 
 
 class SyncFailed(Exception):
@@ -41,27 +53,36 @@ class SyncFailed(Exception):
 def inventory_sync(
     config_path: str = "inventory-sync.toml",
     dry_run: bool = False,
+    full: bool = False,
     warehouses: list[str] | None = None,
     chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
+    approve_large_changes: bool = False,
 ) -> RunSummary:
     """Push each product's available quantity, reconciled from every warehouse, to Lightspeed.
 
     Args:
         config_path: The TOML configuration file; relative paths inside it are read from its folder.
-        dry_run: Read, check and reconcile everything, but send nothing.
+        dry_run: Read, check and reconcile everything, show what would change, send nothing.
+        full: Send every product, not only those that changed since the last push.
         warehouses: Sync only these warehouses (by name). Products they do not list are left
             alone, whatever catalog.absent says. Empty: all warehouses.
         chunk_size: Products per PUT for this run only. Empty: lightspeed.chunk_size.
+        approve_large_changes: Send even if the change guard trips (after a stock count, say).
     """
     logger = get_run_logger()
+    run = flow_run.name or "local"
     settings = apply_run_options(load_settings(config_path), warehouses, chunk_size)
     api = settings.lightspeed
     token = resolve_token(api)
+    store = StateStore(settings.state.dir)
 
     catalog_future = read_catalog_task.with_options(**retry_policy(api)).submit(
         settings.catalog, api, token
     )
     extracted = extract_all(settings.warehouses)
+    extracted, stale_notes = guard_feed_ages(
+        extracted, settings.warehouses, store, datetime.now(UTC)
+    )
     catalog = catalog_future.result()
     logger.info("catalog: %d product(s) from %s", catalog.height, settings.catalog.source)
 
@@ -70,21 +91,43 @@ def inventory_sync(
     plan = reconcile_task(
         checked.good, checked.held_skus, catalog, safety_stock, settings.catalog.absent
     )
-    payload = plan.payload
-    check_payload_task(payload, catalog)
+    check_payload_task(plan.payload, catalog)
+    changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)
+    breaker = measure_breaker(changes.all, settings.guards)
+    if breaker.tripped and not dry_run and not approve_large_changes:
+        ask_for_approval(breaker, settings.guards.approval_timeout_seconds)
 
+    outcome, drift = None, None
     try:
-        outcome = None if dry_run else load(payload, api, token)
+        if not dry_run:
+            outcome = load(changes.to_send, api, token, settings.state.dir, run)
+            if settings.guards.read_back and outcome.products_sent:
+                landed = changes.to_send.filter(~pl.col("id").is_in(list(outcome.not_landed_ids)))
+                drift = read_back_task(landed, api, token)
+                store.forget(drift["id"])
     finally:
         close_shared_clients()
 
-    chunks = len(split_into_chunks(payload, api.chunk_size))
+    chunks = len(split_into_chunks(changes.to_send, api.chunk_size))
     summary = summarize(
-        flow_run.name or "local", dry_run, extracted, checked, plan, outcome, chunks
+        run,
+        dry_run,
+        extracted,
+        checked,
+        plan,
+        changes,
+        outcome,
+        chunks,
+        drift=drift,
+        notes=stale_notes,
+        breaker=breaker,
     )
     write_files(summary, checked, outcome, settings.report.dir)
-    publish_artifacts(summary, checked, settings.report.max_artifact_rows)
+    publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
     logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
     if not summary.ok:
         raise SyncFailed(summary)
+    if not dry_run:
+        for feed in extracted.feeds:
+            store.record_good_feed(feed.warehouse, feed.modified_at, feed.source, feed.rows, run)
     return summary

@@ -150,7 +150,7 @@ def run_demo(folder: Path) -> int:
         os.environ["LIGHTSPEED_BASE_URL"] = server.url
         os.environ["LIGHTSPEED_TOKEN"] = DEMO_TOKEN  # the sandbox's, never a real one
         print(f"Sandbox Lightspeed API on {server.url} with {len(catalog)} demo products")
-        status = run_once(folder / "inventory-sync.toml", dry_run=False)
+        status = run_once(folder / "inventory-sync.toml")
         expected = expected_quantities(catalog)
         held = server.quantities()
     wrong = {pid: (held.get(pid), want) for pid, want in expected.items() if held.get(pid) != want}

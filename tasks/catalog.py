@@ -17,6 +17,7 @@ CATALOG_SCHEMA = {
     "vendorSku": pl.String,
     "tracked": pl.Boolean,
     "backorder": pl.Boolean,
+    "platform_quantity": pl.Int64,  # what GET /products reported; null from a catalog file
 }
 CSV_COLUMNS = ("vendorSku", "id", "isInventoryTrackingEnabled", "isBackorderingEnabled")
 
@@ -44,7 +45,7 @@ def parse_flag(value: Any, where: str) -> bool:
 
 def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
     """The catalog frame from GET /products items."""
-    ids, skus, tracked, backorder = [], [], [], []
+    ids, skus, tracked, backorder, quantities = [], [], [], [], []
     for n, product in enumerate(products, start=1):
         pid = product.get("id") if isinstance(product, dict) else None
         if not isinstance(pid, str) or not pid:
@@ -58,8 +59,16 @@ def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
         skus.append(sku.strip() if isinstance(sku, str) and sku.strip() else None)
         tracked.append(parse_flag(inventory.get("isInventoryTrackingEnabled"), where))
         backorder.append(parse_flag(inventory.get("isBackorderingEnabled"), where))
+        quantity = product.get("quantity")
+        quantities.append(quantity if type(quantity) is int else None)
     frame = pl.DataFrame(
-        {"id": ids, "vendorSku": skus, "tracked": tracked, "backorder": backorder},
+        {
+            "id": ids,
+            "vendorSku": skus,
+            "tracked": tracked,
+            "backorder": backorder,
+            "platform_quantity": quantities,
+        },
         schema=CATALOG_SCHEMA,
     )
     return _unique_ids(frame, "GET /products")
@@ -93,8 +102,8 @@ def catalog_from_csv(path: str) -> pl.DataFrame:
         backorder.append(parse_flag(row.get("isBackorderingEnabled"), where))
     frame = pl.DataFrame(
         {"id": ids, "vendorSku": skus, "tracked": tracked, "backorder": backorder},
-        schema=CATALOG_SCHEMA,
-    )
+        schema={k: v for k, v in CATALOG_SCHEMA.items() if k != "platform_quantity"},
+    ).with_columns(pl.lit(None, pl.Int64).alias("platform_quantity"))
     return _unique_ids(frame, f"catalog file {path}")
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -82,6 +85,20 @@ class CatalogSettings(_Section):
         return self
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept 90 (seconds), "90s", "15m", "2h", "1d", or anything pydantic reads as a timedelta."""
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+
+
 class WarehouseBase(_Section):
     name: str = Field(min_length=1, description="shown in the summary and in every error")
     sku_column: str = Field(min_length=1)
@@ -89,6 +106,15 @@ class WarehouseBase(_Section):
     safety_stock: int = Field(0, ge=0, description="units held back per SKU in this warehouse")
     allow_empty: bool = Field(
         False, description="accept a feed with a header but no rows (else the run fails)"
+    )
+    max_age: Duration | None = Field(
+        None, description='a feed older than this is stale, e.g. "2h" (default: no limit)'
+    )
+    timestamp_column: str | None = Field(
+        None, description="feed age from the newest timestamp in this column, not the file time"
+    )
+    on_stale: Literal["fail", "use_last_good"] = Field(
+        "fail", description="a stale feed fails the run, or the last good snapshot is used"
     )
 
 
@@ -255,11 +281,34 @@ class ReportSettings(_Section):
     _resolve = field_validator("dir")(_relative_to_config)
 
 
+class StateSettings(_Section):
+    dir: str = Field(
+        "state", validate_default=True, description="where the last pushed quantities are kept"
+    )
+
+    _resolve = field_validator("dir")(_relative_to_config)
+
+
+class GuardSettings(_Section):
+    max_zeroed_share: float = Field(
+        0.2, ge=0, le=1, description="share of in-stock products a run may take to zero unasked"
+    )
+    max_units_drop_share: float = Field(
+        0.5, ge=0, le=1, description="share of total available units a run may remove unasked"
+    )
+    approval_timeout_seconds: int = Field(
+        3600, ge=1, description="how long a paused run waits for approval before it fails"
+    )
+    read_back: bool = Field(True, description="after the load, read quantities back for drift")
+
+
 class Settings(_Section):
     lightspeed: LightspeedSettings
     catalog: CatalogSettings = CatalogSettings()
     warehouses: list[Warehouse] = Field(min_length=1)
     report: ReportSettings = Field(default_factory=lambda: ReportSettings())
+    state: StateSettings = Field(default_factory=lambda: StateSettings())
+    guards: GuardSettings = Field(default_factory=lambda: GuardSettings())
 
     @field_validator("warehouses")
     @classmethod
@@ -285,7 +334,8 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if environ.get(BASE_URL_ENV):
         data.setdefault("lightspeed", {})["base_url"] = environ[BASE_URL_ENV]
-    data.setdefault("report", {})  # so its default folder is resolved against the config's
+    for section in ("report", "state"):
+        data.setdefault(section, {})  # so its default folder is resolved against the config's
     try:
         return Settings.model_validate(data, context={"base_dir": str(path.parent)})
     except ValidationError as exc:

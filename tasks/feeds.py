@@ -52,9 +52,10 @@ def feed_frame(
     first_line: int,
 ) -> Feed:
     """Pick the configured SKU and quantity columns, as text, numbered by the line they came from."""
-    missing = [
-        c for c in (warehouse.sku_column, warehouse.quantity_column) if c not in frame.columns
-    ]
+    wanted = [warehouse.sku_column, warehouse.quantity_column]
+    if warehouse.timestamp_column:
+        wanted.append(warehouse.timestamp_column)
+    missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise WarehouseUnreadable(
             warehouse.name,
@@ -74,4 +75,39 @@ def feed_frame(
         pl.col(warehouse.sku_column).cast(pl.String).alias("sku_text"),
         pl.col(warehouse.quantity_column).cast(pl.String).alias("quantity_text"),
     )
+    if warehouse.timestamp_column and frame.height:
+        modified_at = newest_timestamp(warehouse.name, source, frame[warehouse.timestamp_column])
     return Feed(warehouse.name, source, rows, bytes_read, modified_at)
+
+
+def newest_timestamp(warehouse: str, source: str, column: pl.Series) -> datetime:
+    """The feed's age from its own timestamps (ISO 8601; without an offset, UTC)."""
+    text = column.cast(pl.String).str.strip_chars().str.replace(r"Z$", "+00:00")
+    frame = pl.DataFrame({"t": text})
+    parsed = frame.select(
+        pl.coalesce(
+            *[
+                pl.col("t").str.to_datetime(
+                    f"%Y-%m-%d{sep}%H:%M:%S%.f%:z", strict=False, time_unit="us"
+                )
+                for sep in ("T", " ")
+            ],
+            *[
+                pl.col("t")
+                .str.to_datetime(fmt, strict=False, time_unit="us")
+                .dt.replace_time_zone("UTC")
+                for fmt in ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d")
+            ],
+        ).dt.convert_time_zone("UTC")
+    ).to_series()
+    if parsed.null_count() > text.null_count():
+        bad = text.filter(parsed.is_null() & text.is_not_null()).head(1).to_list()
+        raise WarehouseUnreadable(
+            warehouse,
+            f"{source}: timestamp column {column.name!r} has a value that is not an "
+            f"ISO 8601 time: {bad[0]!r}",
+        )
+    newest = parsed.max()
+    if not isinstance(newest, datetime):
+        raise WarehouseUnreadable(warehouse, f"{source}: timestamp column {column.name!r} is empty")
+    return newest

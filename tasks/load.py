@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 from uuid import UUID
@@ -17,19 +18,29 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
 from tasks.config import LightspeedSettings
-from tasks.lightspeed import LightspeedError, RetryableError, retry_policy, shared_client
+from tasks.lightspeed import (
+    FatalError,
+    LightspeedClient,
+    LightspeedError,
+    RetryableError,
+    retry_policy,
+    shared_client,
+)
+from tasks.state import StateStore
 
 PROGRESS_KEY = "load-progress"
 
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """A chunk the API accepted, and after how many attempts."""
+    """A chunk the API accepted (all but the products it rejected), and after how many attempts."""
 
     number: int
     label: str
-    products: int
+    products: int  # accepted
     attempts: int
+    requests: int
+    rejected: dict[str, str] = field(default_factory=dict)  # id -> the API's reason
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,20 @@ class LoadOutcome:
         return sum(f.products.height for f in self.failed)
 
     @property
+    def not_landed_ids(self) -> set[str]:
+        """Products of failed chunks, and products the API rejected."""
+        failed = {pid for f in self.failed for pid in f.products["id"]}
+        return failed | set(self.rejected)
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        return {pid: why for c in self.accepted for pid, why in c.rejected.items()}
+
+    @property
+    def requests(self) -> int:
+        return sum(c.requests for c in self.accepted)
+
+    @property
     def attempts(self) -> int:
         return sum(c.attempts for c in self.accepted) + sum(f.attempts for f in self.failed)
 
@@ -80,15 +105,61 @@ def chunk_body(chunk: pl.DataFrame) -> bytes:
     return b'{"products":' + rows.encode() + b"}"
 
 
+def send_isolating(
+    client: LightspeedClient, chunk: pl.DataFrame, on_accepted: Callable[[pl.DataFrame], None]
+) -> tuple[int, dict[str, str], int]:
+    """PUT a chunk so that one bad item never blocks the rest.
+
+    413: split in halves and send each. 422: drop the ids the response names and resend the
+    rest; when it names none, split until the bad items stand alone. Returns (products
+    accepted, rejected id -> reason, requests made). Transient errors propagate for a retry.
+    """
+    pending, accepted, requests = [chunk], 0, 0
+    rejected: dict[str, str] = {}
+    while pending:
+        part = pending.pop()
+        if part.height == 0:
+            continue
+        requests += 1
+        try:
+            client.put_inventory(chunk_body(part))
+        except FatalError as exc:
+            ids = set(part["id"])
+            named = {pid: why for pid, why in exc.rejected.items() if pid in ids}
+            if exc.status == 422 and named:
+                rejected |= named
+                pending.append(part.filter(~pl.col("id").is_in(list(named))))
+            elif exc.status in (413, 422) and part.height > 1:
+                half = part.height // 2
+                pending += [part.slice(half), part.slice(0, half)]
+            elif exc.status == 422:
+                rejected[part["id"][0]] = str(exc)
+            else:
+                raise
+            continue
+        on_accepted(part)
+        accepted += part.height
+    return accepted, rejected, requests
+
+
 @task(name="put-chunk", task_run_name="chunk {label}", cache_policy=NO_CACHE)
 def put_chunk(
-    chunk: pl.DataFrame, number: int, label: str, settings: LightspeedSettings, token: SecretStr
+    chunk: pl.DataFrame,
+    number: int,
+    label: str,
+    settings: LightspeedSettings,
+    token: SecretStr,
+    state_dir: str,
+    run: str,
 ) -> ChunkResult:
-    """PUT one chunk; on 429 wait out Retry-After inside the attempt, then let Prefect retry."""
+    """PUT one chunk and record what landed; on 429 wait out Retry-After, then let Prefect retry."""
     attempt = task_run.run_count or 1
     logger = get_run_logger()
+    store = StateStore(state_dir)
     try:
-        shared_client(settings, token).put_inventory(chunk_body(chunk))
+        accepted, rejected, requests = send_isolating(
+            shared_client(settings, token), chunk, lambda part: store.commit(part, run)
+        )
     except LightspeedError as exc:
         exc.attempts = attempt  # type: ignore[attr-defined]
         will_retry = isinstance(exc, RetryableError) and attempt <= settings.retries
@@ -99,10 +170,14 @@ def put_chunk(
         else:
             logger.warning("attempt %d: %s%s", attempt, exc, "; will retry" if will_retry else "")
         raise
-    return ChunkResult(number, label, chunk.height, attempt)
+    for pid, why in rejected.items():
+        logger.warning("product %s rejected by the API and quarantined for this run: %s", pid, why)
+    return ChunkResult(number, label, accepted, attempt, requests, rejected)
 
 
-def load(payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr) -> LoadOutcome:
+def load(
+    payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr, state_dir: str, run: str
+) -> LoadOutcome:
     """Send every chunk, at most max_concurrency at once; a failed chunk does not stop the others.
 
     The one exception is 401/403: the token is wrong for every chunk, so no further chunk is
@@ -135,6 +210,8 @@ def load(payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr) 
                     "label": label,
                     "settings": settings,
                     "token": token,
+                    "state_dir": state_dir,
+                    "run": run,
                 }
                 in_flight[runner.submit(put, parameters=parameters)] = (number, label, chunk)
             if not in_flight:

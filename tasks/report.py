@@ -13,11 +13,14 @@ from prefect.events import emit_event
 
 from tasks.check_rows import CheckedRows
 from tasks.extract import Extracted
+from tasks.guards import Breaker
 from tasks.load import LoadOutcome
-from tasks.reconcile import SENT_STATUSES, Plan
+from tasks.plan import Changes, diff_lines
+from tasks.reconcile import Plan
 
 SUMMARY_KEY = "sync-summary"
 QUARANTINE_KEY = "quarantine"
+DIFF_KEY = "dry-run-diff"
 
 
 @dataclass
@@ -43,13 +46,20 @@ class RunSummary:
     rows_dropped: int  # quarantined or held rows: they did not count
     skus_held: int
     products: dict[str, int]  # status -> products
-    to_send: int
+    to_send: int  # after the delta: products that changed (or all, in a full run)
+    unchanged: int = 0
+    full: bool = False
     chunks: int = 0
     chunks_accepted: int = 0
     chunks_failed: int = 0
     attempts: int = 0
     products_sent: int = 0
     products_not_landed: int = 0
+    requests: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # id -> why the API refused it
+    drifted: list[str] = field(default_factory=list)  # "SKU (id): pushed X, platform has Y"
+    notes: list[str] = field(default_factory=list)  # stale feeds replaced, guard decisions
+    diff: list[str] = field(default_factory=list)  # dry run: "SKU (id): old → new"
     failures: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -68,6 +78,7 @@ class RunSummary:
         return (
             f"{verdict}: {sent} {self.to_send} product(s) in {self.chunks} chunk(s); "
             f"{sum(self.rows_flagged.values())} row flag(s), {self.skus_held} SKU(s) held, "
+            f"{len(self.rejected)} rejected by the API, "
             f"{self.products_not_landed} product(s) did not land"
         )
 
@@ -91,14 +102,26 @@ class RunSummary:
             out.append("Flagged rows: none")
         out.append("Products:")
         out += [f"  {status:<48} {n:>9}" for status, n in self.products.items() if n]
+        delta = "full run: every product sent" if self.full else f"{self.unchanged} unchanged"
+        out.append(f"  {'(of those to send) ' + delta:<48}")
+        out += [f"Note: {note}" for note in self.notes]
         if self.dry_run:
             out.append(f"Would send {self.to_send} product(s) in {self.chunks} chunk(s).")
+            if self.diff:
+                out.append(f"Biggest changes (first {len(self.diff)}; old → new):")
+                out += [f"  {line}" for line in self.diff]
         else:
             out.append(
                 f"Sent {self.products_sent} of {self.to_send} product(s): "
                 f"{self.chunks_accepted} of {self.chunks} chunk(s) accepted, "
-                f"{self.attempts} attempt(s) ({self.retries} retried)."
+                f"{self.attempts} attempt(s) ({self.retries} retried), {self.requests} request(s)."
             )
+        if self.rejected:
+            out.append(f"Rejected by the API and quarantined for this run: {len(self.rejected)}")
+            out += [f"  {pid}: {why}" for pid, why in list(self.rejected.items())[:10]]
+        if self.drifted:
+            out.append(f"Drift after the load (re-sent next run): {len(self.drifted)}")
+            out += [f"  {line}" for line in self.drifted[:10]]
         for failure in self.failures:
             out.append(f"  FAILED {failure}")
         for what, path in self.files.items():
@@ -114,8 +137,14 @@ def summarize(
     extracted: Extracted,
     checked: CheckedRows,
     plan: Plan,
+    changes: Changes,
     outcome: LoadOutcome | None,
     chunks: int,
+    *,
+    drift: pl.DataFrame | None,
+    notes: list[str],
+    breaker: Breaker,
+    diff_lines_shown: int = 20,
 ) -> RunSummary:
     """Gather the counts of every stage into one summary."""
     flagged = checked.flagged
@@ -139,15 +168,33 @@ def summarize(
         rows_dropped=flagged.filter(pl.col("action") != "report")["row_id"].n_unique(),
         skus_held=checked.held_skus.len(),
         products=plan.counts(),
-        to_send=sum(plan.counts()[s] for s in SENT_STATUSES),
+        to_send=changes.to_send.height,
+        unchanged=changes.unchanged,
+        full=changes.full,
         chunks=chunks,
+        notes=list(notes),
     )
+    if breaker.tripped:
+        summary.notes.append(
+            f"change guard: {breaker.zeroed} of {breaker.in_stock_before} in-stock products to "
+            f"zero, units {breaker.units_before} → {breaker.units_after}"
+            + (" (a real run would ask for approval)" if dry_run else " (approved)")
+        )
+    if dry_run:
+        summary.diff = diff_lines(changes.to_send, diff_lines_shown)
+    if drift is not None:
+        summary.drifted = [
+            f"{sku} ({pid}): pushed {pushed}, platform has {'nothing' if now is None else now}"
+            for pid, sku, pushed, now in drift.iter_rows()
+        ]
     if outcome is not None:
         summary.chunks_accepted = len(outcome.accepted)
         summary.chunks_failed = len(outcome.failed)
         summary.attempts = outcome.attempts
         summary.products_sent = outcome.products_sent
         summary.products_not_landed = outcome.products_failed
+        summary.requests = outcome.requests
+        summary.rejected = outcome.rejected
         summary.failures = [
             f"chunk {f.label} after {f.attempts} attempt(s): {f.error}" for f in outcome.failed
         ]
@@ -165,18 +212,27 @@ def write_files(
         path = base / f"{stamp}-{summary.run}-quarantine.csv"
         checked.flagged.drop("row_id").write_csv(path)
         summary.files["Quarantine report"] = str(path)
-    if outcome is not None and outcome.failed:
+    if outcome is not None and (outcome.failed or outcome.rejected):
         base.mkdir(parents=True, exist_ok=True)
         path = base / f"{stamp}-{summary.run}-not-landed.csv"
-        pl.concat(
-            f.products.with_columns(pl.lit(f.label).alias("chunk"), pl.lit(f.error).alias("error"))
+        failed = [
+            f.products.select("id", "vendorSku", "quantity").with_columns(
+                pl.lit(f.label).alias("chunk"), pl.lit(f.error).alias("error")
+            )
             for f in outcome.failed
-        ).write_csv(path)
+        ]
+        rejected = pl.DataFrame(
+            {"id": list(outcome.rejected), "error": list(outcome.rejected.values())},
+            schema={"id": pl.String, "error": pl.String},
+        )
+        pl.concat([*failed, rejected], how="diagonal").write_csv(path)
         summary.files["Products that did not land"] = str(path)
 
 
-def publish_artifacts(summary: RunSummary, checked: CheckedRows, max_rows: int) -> None:
-    """The run summary as markdown and the quarantine as a table, on the flow run's page."""
+def publish_artifacts(
+    summary: RunSummary, checked: CheckedRows, changes: Changes, max_rows: int
+) -> None:
+    """The summary as markdown, the quarantine (and, in a dry run, the diff) as tables."""
     create_markdown_artifact(
         markdown="```\n" + summary.render() + "\n```",
         key=SUMMARY_KEY,
@@ -191,6 +247,17 @@ def publish_artifacts(summary: RunSummary, checked: CheckedRows, max_rows: int) 
             description=(
                 f"{flagged.height} flagged row(s)"
                 + (f"; first {max_rows} shown, all in the CSV" if flagged.height > max_rows else "")
+            ),
+        )
+    if summary.dry_run:
+        diff = changes.to_send.rename({"previous": "old", "quantity": "new"})
+        create_table_artifact(
+            table=diff.select("vendorSku", "id", "old", "new").head(max_rows).to_dicts(),
+            key=DIFF_KEY,
+            description=(
+                f"Dry run: {diff.height} product(s) would change"
+                + (f"; first {max_rows} shown" if diff.height > max_rows else "")
+                + f"; {changes.unchanged} unchanged"
             ),
         )
 
@@ -213,6 +280,9 @@ def run_event_payload(result: object) -> dict[str, object]:
         "products_to_send": summary.to_send,
         "products_sent": summary.products_sent,
         "products_not_landed": summary.products_not_landed,
+        "products_unchanged": summary.unchanged,
+        "products_rejected": len(summary.rejected),
+        "products_drifted": len(summary.drifted),
         "chunks": summary.chunks,
         "chunks_failed": summary.chunks_failed,
         "attempts": summary.attempts,

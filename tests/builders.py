@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+TOKEN = "test-token"
+
 
 def pid(sku: str) -> str:
     """A stable product UUID per SKU, so tests can name products by SKU."""

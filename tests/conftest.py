@@ -13,11 +13,10 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from builders import TOKEN
 from postgres import PostgresServer
 
 from sandbox.server import SandboxServer
-
-TOKEN = "test-token"
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +59,10 @@ def write_config(tmp_path: Path, sandbox: SandboxServer) -> WriteConfig:
         *,
         lightspeed: str = "",
         catalog: str = "",
+        guards: str = "max_zeroed_share = 1.0\nmax_units_drop_share = 1.0",
         name: str = "inventory-sync.toml",
     ) -> Path:
+        """Guards are off unless a test sets them: most tests are not about them."""
         text = f"""
             [lightspeed]
             base_url = "{sandbox.url}"
@@ -71,6 +72,10 @@ def write_config(tmp_path: Path, sandbox: SandboxServer) -> WriteConfig:
 
             [catalog]
             {textwrap.dedent(catalog)}
+
+            [guards]
+            approval_timeout_seconds = 60
+            {textwrap.dedent(guards)}
         """
         path = tmp_path / name
         path.write_text(textwrap.dedent(text) + textwrap.dedent(warehouses), encoding="utf-8")

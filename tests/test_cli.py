@@ -111,3 +111,16 @@ def test_demo_is_what_make_run_does(tmp_path, prefect_api):
         "Demo check: the sandbox holds the expected quantity for all 28 products." in result.stdout
     )
     assert list((demo / "reports").glob("*-quarantine.csv"))
+
+
+def test_breaker_without_a_server_fails_with_the_explanation(tmp_path, sandbox, write_config):
+    """No PREFECT_API_URL: nobody could approve in a UI, so the run fails and says why."""
+    sandbox.reset(products=[product(f"S{i}", quantity=10) for i in range(5)])
+    (tmp_path / "east.csv").write_text("sku,qty\n" + "".join(f"S{i},0\n" for i in range(5)))
+    config = write_config(csv_warehouse("east", "east.csv"), guards="max_zeroed_share = 0.2")
+    env = {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+    result = cli("run", "--config", str(config), api=None, cwd=tmp_path, **env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the change guard tripped and this run has no Prefect server" in result.stderr
+    assert "5 of 5" in result.stderr and "--approve-large-changes" in result.stderr
+    assert [r for r in sandbox.requests() if r.method == "PUT"] == []

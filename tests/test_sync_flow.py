@@ -7,10 +7,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from builders import csv_warehouse, pid, product
+from builders import TOKEN, csv_warehouse, pid, product
 
-from flows.sync import SyncFailed, inventory_sync
-from sandbox.server import Fault
+from flows.sync import inventory_sync
+from sandbox.server import Fault, SandboxServer
 from tasks.extract import ExtractFailed
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "token_env")
@@ -130,8 +130,8 @@ def test_dropped_connection_after_apply_is_retried_safely(tmp_path, sandbox, wri
     assert sandbox.quantities() == {pid(f"S{i}"): 10 + i for i in range(6)}
 
 
-def test_422_chunk_is_sent_once_and_the_others_land(tmp_path, sandbox, write_config):
-    """A product deleted on the platform but still in the catalog file: its chunk is rejected."""
+def test_422_rejected_product_is_quarantined_and_the_rest_lands(tmp_path, sandbox, write_config):
+    """A product deleted on the platform but still in the catalog file: only it is refused."""
     catalog = tmp_path / "catalog.csv"
     ids = [(f"S{i}", pid(f"S{i}")) for i in range(6)]
     catalog.write_text(
@@ -144,19 +144,47 @@ def test_422_chunk_is_sent_once_and_the_others_land(tmp_path, sandbox, write_con
         lightspeed="chunk_size = 2",
         catalog=f'source = "file"\npath = "{catalog.name}"',
     )
-    state, result = run(config)
-    assert state.is_failed()
-    assert isinstance(result, SyncFailed)
-    tries = [r for r in puts(sandbox) if pid("S3") in r.product_ids]
-    assert [r.status for r in tries] == [422]
-    assert sandbox.quantities() == {pid(f"S{i}"): 10 + i for i in range(6) if i not in (2, 3)} | {
-        pid("S2"): 0
-    }
-    summary = result.summary
-    assert (summary.chunks_failed, summary.products_not_landed) == (1, 2)
-    assert "chunk 2/3 S2…S3" in summary.failures[0] and "unknown product id" in summary.failures[0]
+    state, summary = run(config)
+    assert state.is_completed(), summary
+    chunk = [r for r in puts(sandbox) if pid("S2") in r.product_ids]
+    assert [(r.status, r.product_ids) for r in chunk] == [
+        (422, (pid("S2"), pid("S3"))),
+        (200, (pid("S2"),)),
+    ]
+    assert sandbox.quantities() == {pid(f"S{i}"): 10 + i for i in range(6) if i != 3}
+    assert summary.rejected == {pid("S3"): "unknown product id"}
+    assert (summary.products_sent, summary.chunks_failed) == (5, 0)
     not_landed = pl.read_csv(summary.files["Products that did not land"])
-    assert sorted(not_landed["vendorSku"]) == ["S2", "S3"]
+    assert not_landed["id"].to_list() == [pid("S3")]
+    # the rejected product was never recorded as pushed, so the next run tries it again
+    state, summary = run(config)
+    assert [r.product_ids for r in puts(sandbox)][-1] == (pid("S3"),)
+
+
+def test_422_that_names_no_id_is_isolated_by_splitting(tmp_path, sandbox, write_config):
+    config = simple_setup(tmp_path, sandbox, write_config, n=8, chunk_size=8)
+    sandbox.add_fault(Fault(status=422, times=100, if_contains_id=pid("S5")))
+    state, summary = run(config)
+    assert state.is_completed(), summary
+    assert set(summary.rejected) == {pid("S5")}
+    assert sandbox.quantities() == {pid(f"S{i}"): (10 + i if i != 5 else 0) for i in range(8)}
+    # 8 → 4+4 → 2+2 → 1+1: log2(8) = 3 halvings isolate the bad item
+    assert [len(r.product_ids) for r in puts(sandbox) if r.status == 422] == [8, 4, 2, 1]
+
+
+def test_413_splits_the_chunk_until_it_fits(tmp_path, sandbox, write_config, monkeypatch):
+    small = SandboxServer(
+        products=[product(f"S{i}") for i in range(7)], token=TOKEN, max_products_per_call=3, port=0
+    )
+    with small:
+        monkeypatch.setenv("LIGHTSPEED_BASE_URL", small.url)
+        config = simple_setup(tmp_path, sandbox, write_config, n=7, chunk_size=7)
+        state, summary = run(config)
+        assert state.is_completed(), summary
+        assert small.quantities() == {pid(f"S{i}"): 10 + i for i in range(7)}
+        sizes = [(len(r.product_ids), r.status) for r in small.requests() if r.method == "PUT"]
+        assert sizes[0] == (7, 413) and all(n <= 3 for n, status in sizes if status == 200)
+        assert summary.requests == len(sizes)
 
 
 def test_503_twice_then_success(tmp_path, sandbox, write_config):
@@ -294,8 +322,8 @@ def test_run_options_narrow_warehouses_and_override_chunk_size(tmp_path, sandbox
 def test_each_run_emits_an_event_with_its_counts(tmp_path, sandbox, write_config, prefect_api):
     import httpx
 
-    config = simple_setup(tmp_path, sandbox, write_config)
-    sandbox.add_fault(Fault(status=422, if_contains_id=pid("S0")))
+    config = simple_setup(tmp_path, sandbox, write_config, retries=0)
+    sandbox.add_fault(Fault(status=500, times=5, if_contains_id=pid("S0")))
     state, _ = run(config)
     assert state.is_failed()
     flow_run_id = str(state.state_details.flow_run_id)
@@ -316,4 +344,4 @@ def test_each_run_emits_an_event_with_its_counts(tmp_path, sandbox, write_config
     assert event["event"] == "inventory-sync.run.failed"
     assert event["payload"]["products_not_landed"] == 2
     assert event["payload"]["products_sent"] == 4
-    assert "HTTP 422" in event["payload"]["error"]
+    assert "HTTP 500" in event["payload"]["error"]
