@@ -116,6 +116,14 @@ def test_postgres_integers_numerics_and_nulls(pg_url):
     assert counted.rows["quantity_text"].to_list() == ["4.00", "2.50"]  # the checks decide
 
 
+def test_postgres_runs_the_query_read_only(pg_url):
+    with pytest.raises(
+        WarehouseUnreadable, match="cannot execute DELETE in a read-only transaction"
+    ):
+        read_sql_feed(warehouse(query="DELETE FROM stock RETURNING sku, qty"), url(pg_url))
+    assert read_sql_feed(warehouse(), url(pg_url)).rows.height == 4
+
+
 def test_postgres_password_is_masked_everywhere(pg_url):
     with_password = pg_url.replace("postgres@", "postgres:hunter2@")
     feed = read_sql_feed(warehouse(), url(with_password))
