@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
+from prefect.futures import as_completed
+from prefect.runtime import task_run as this_task_run
+from prefect.tasks import exponential_backoff
+from pydantic import SecretStr
 
-from tasks.config import Warehouse
-from tasks.feeds import FEED_SCHEMA, Feed, WarehouseUnreadable
+from tasks.config import RemoteWarehouse, SftpWarehouse, Warehouse, resolve_secrets
+from tasks.feeds import FEED_SCHEMA, Feed, WarehouseUnavailable, WarehouseUnreadable
 from tasks.warehouse_files import read_csv_feed, read_parquet_feed
+from tasks.warehouse_http import read_http_feed
+from tasks.warehouse_sftp import SftpFeed, archive_sftp_file, read_sftp_feed
+from tasks.warehouse_sql import read_sql_feed
 
-READERS: dict[str, Callable[[Any], Feed]] = {
-    "csv": read_csv_feed,
-    "parquet": read_parquet_feed,
+Secrets = Mapping[str, SecretStr]
+
+READERS: dict[str, Callable[[Any, Secrets], Feed]] = {
+    "csv": lambda warehouse, _: read_csv_feed(warehouse),
+    "parquet": lambda warehouse, _: read_parquet_feed(warehouse),
+    "sftp": read_sftp_feed,
+    "http": read_http_feed,
+    "sql": read_sql_feed,
 }
 
 
@@ -29,7 +40,8 @@ class ExtractFailed(Exception):
 @dataclass(frozen=True)
 class Extracted:
     feeds: list[Feed]
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # per warehouse, from submit to feed in hand, retries included
+    secrets: Mapping[str, Secrets] = field(default_factory=dict, repr=False)
 
     def rows(self) -> pl.DataFrame:
         """All warehouses' rows in one frame, each with a run-wide row_id."""
@@ -38,32 +50,66 @@ class Extracted:
         return rows.with_row_index("row_id")
 
 
-def read_feed(warehouse: Warehouse) -> Feed:
+def read_feed(warehouse: Warehouse, secrets: Secrets | None = None) -> Feed:
     """Read one warehouse with the reader for its kind."""
-    return READERS[warehouse.kind](warehouse)
+    return READERS[warehouse.kind](warehouse, secrets or {})
 
 
 @task(name="extract", task_run_name="extract {warehouse.name}", cache_policy=NO_CACHE)
-def extract_warehouse(warehouse: Warehouse) -> tuple[Feed, float]:
+def extract_warehouse(warehouse: Warehouse, secrets: Secrets) -> Feed:
     """Read one warehouse feed and say what was read."""
     started = time.perf_counter()
-    feed = read_feed(warehouse)
-    seconds = time.perf_counter() - started
+    feed = read_feed(warehouse, secrets)
     get_run_logger().info(
-        "warehouse %r: %d rows, %d bytes from %s in %.2fs",
+        "warehouse %r: %d rows, %d bytes from %s in %.2fs (attempt %d)",
         feed.warehouse,
         feed.rows.height,
         feed.bytes_read,
         feed.source,
-        seconds,
+        time.perf_counter() - started,
+        this_task_run.run_count,
     )
-    return feed, seconds
+    return feed
 
 
-def extract_all(warehouses: Sequence[Warehouse]) -> Extracted:
-    """Read all warehouses concurrently; if any fails, raise naming every one that failed."""
-    futures = [extract_warehouse.submit(w) for w in warehouses]
-    wait(futures)
+def extract_options(warehouse: Warehouse) -> dict[str, Any]:
+    """Task options per warehouse: files are read once; remote kinds retry what may pass."""
+    if not isinstance(warehouse, RemoteWarehouse) or warehouse.retries == 0:
+        return {"retries": 0}
+    backoff = warehouse.retry_backoff_seconds
+    return {
+        "retries": warehouse.retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=backoff) if backoff > 0 else 0,
+        "retry_jitter_factor": 0.5 if backoff > 0 else None,
+        "retry_condition_fn": retry_only_unavailable,
+    }
+
+
+def retry_only_unavailable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry WarehouseUnavailable, never a config error or a bug."""
+    try:
+        state.result()
+    except WarehouseUnavailable:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+def extract_all(
+    warehouses: Sequence[Warehouse], environ: Mapping[str, str] | None = None
+) -> Extracted:
+    """Read all warehouses concurrently; if any fails, raise naming every one that failed.
+
+    Secrets are read here, once, before any task starts; a missing one is a ConfigError.
+    """
+    secrets = resolve_secrets(warehouses, environ)
+    started = time.perf_counter()
+    futures = [
+        extract_warehouse.with_options(**extract_options(w)).submit(w, secrets[w.name])
+        for w in warehouses
+    ]
+    done_at = {id(future): time.perf_counter() for future in as_completed(futures)}
     feeds: list[Feed] = []
     seconds: dict[str, float] = {}
     problems: list[str] = []
@@ -74,12 +120,36 @@ def extract_all(warehouses: Sequence[Warehouse]) -> Extracted:
         elif isinstance(outcome, BaseException):
             problems.append(f"warehouse {warehouse.name!r}: {type(outcome).__name__}: {outcome}")
         else:
-            feed, took = outcome
-            feeds.append(feed)
-            seconds[feed.warehouse] = took
+            feeds.append(outcome)
+            seconds[outcome.warehouse] = done_at[id(future)] - started
     if problems:
         raise ExtractFailed(
             f"{len(problems)} of {len(warehouses)} warehouse(s) could not be read; "
             "nothing was sent:\n" + "\n".join(f"  - {p}" for p in problems)
         )
-    return Extracted(feeds, seconds)
+    return Extracted(feeds, seconds, secrets)
+
+
+def archive_processed(extracted: Extracted, warehouses: Sequence[Warehouse]) -> list[str]:
+    """After a run in which every update landed: move each SFTP file read into its archive_dir.
+
+    A file that cannot be moved stays where it is and is read again next run, which is
+    harmless: quantities are absolute, so the same file gives the same numbers.
+    """
+    logger = get_run_logger()
+    by_name = {w.name: w for w in warehouses}
+    moved: list[str] = []
+    for feed in extracted.feeds:
+        warehouse = by_name.get(feed.warehouse)
+        if not (isinstance(warehouse, SftpWarehouse) and isinstance(feed, SftpFeed)):
+            continue
+        if not warehouse.archive_dir:
+            continue
+        try:
+            target = archive_sftp_file(warehouse, extracted.secrets.get(warehouse.name, {}), feed)
+        except WarehouseUnreadable as exc:
+            logger.warning("%s; not archived, so the next run reads it again", exc)
+            continue
+        logger.info("warehouse %r: archived %s to %s", warehouse.name, feed.source, target)
+        moved.append(target)
+    return moved
