@@ -22,6 +22,7 @@ class Changes:
     to_send: pl.DataFrame  # id, vendorSku, quantity, previous
     unchanged: int
     full: bool
+    platform_differs: int  # sent although unchanged since our last push: the platform disagrees
 
 
 def plan_changes(
@@ -29,8 +30,9 @@ def plan_changes(
 ) -> Changes:
     """Delta against the last pushed quantities; a full run (or an unknown product) sends all.
 
-    `previous` is what we last pushed, or, for a product we never pushed, the quantity the
-    platform reported in the catalog read (when the catalog came from the API).
+    A product is also sent when the catalog read shows the platform holding something other
+    than its new quantity (someone changed it, or an earlier update was lost). `previous` is
+    what we last pushed, or, for a product we never pushed, what the platform reported.
     """
     platform = catalog.select("id", pl.col("platform_quantity"))
     frame = (
@@ -41,13 +43,17 @@ def plan_changes(
         )
     )
     changed = pl.col("last_quantity").is_null() | (pl.col("last_quantity") != pl.col("quantity"))
-    to_send = frame if full else frame.filter(changed)
+    platform_differs = pl.col("platform_quantity").is_not_null() & (
+        pl.col("platform_quantity") != pl.col("quantity")
+    )
+    to_send = frame if full else frame.filter(changed | platform_differs)
     columns = list(CHANGE_SCHEMA)
     return Changes(
         all=frame.select(columns),
         to_send=to_send.select(columns),
         unchanged=frame.height - to_send.height,
         full=full,
+        platform_differs=frame.filter(~changed & platform_differs).height,
     )
 
 

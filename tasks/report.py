@@ -48,6 +48,7 @@ class RunSummary:
     products: dict[str, int]  # status -> products
     to_send: int  # after the delta: products that changed (or all, in a full run)
     unchanged: int = 0
+    platform_differs: int = 0
     full: bool = False
     chunks: int = 0
     chunks_accepted: int = 0
@@ -103,6 +104,8 @@ class RunSummary:
         out.append("Products:")
         out += [f"  {status:<48} {n:>9}" for status, n in self.products.items() if n]
         delta = "full run: every product sent" if self.full else f"{self.unchanged} unchanged"
+        if self.platform_differs:
+            delta += f", {self.platform_differs} re-sent: the platform differed"
         out.append(f"  {'(of those to send) ' + delta:<48}")
         out += [f"Note: {note}" for note in self.notes]
         if self.dry_run:
@@ -170,6 +173,7 @@ def summarize(
         products=plan.counts(),
         to_send=changes.to_send.height,
         unchanged=changes.unchanged,
+        platform_differs=changes.platform_differs,
         full=changes.full,
         chunks=chunks,
         notes=list(notes),

@@ -266,3 +266,20 @@ def eval_table(data) -> list[dict]:
     import json
 
     return json.loads(data) if isinstance(data, str) else data
+
+
+def test_a_product_changed_on_the_platform_is_resent(six, sandbox, write_config):
+    import httpx
+
+    run(six)
+    httpx.put(
+        f"{sandbox.url}/inventory",
+        json={"products": [{"id": pid("S2"), "quantity": 999}]},
+        headers={"Authorization": "Bearer test-token"},
+    ).raise_for_status()
+    mark = len(sandbox.requests())
+    state, summary = run(six)
+    assert state.is_completed()
+    assert sent_ids(sandbox, mark) == {pid("S2")}
+    assert (summary.unchanged, summary.platform_differs) == (5, 1)
+    assert sandbox.quantities()[pid("S2")] == 12
