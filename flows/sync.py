@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import polars as pl
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -17,8 +16,8 @@ from tasks.check_rows import check_rows_task
 from tasks.config import apply_run_options, load_settings, resolve_token
 from tasks.extract import extract_all
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_breaker
-from tasks.lightspeed import close_shared_clients, retry_policy
-from tasks.load import load, split_into_chunks
+from tasks.lightspeed import retry_policy
+from tasks.load import load
 from tasks.plan import plan_changes
 from tasks.reconcile import reconcile_task
 from tasks.report import (
@@ -29,7 +28,7 @@ from tasks.report import (
     write_files,
 )
 from tasks.state import StateStore
-from tasks.verify import read_back_task
+from tasks.verify import read_back
 
 
 class SyncFailed(Exception):
@@ -87,47 +86,28 @@ def inventory_sync(
     logger.info("catalog: %d product(s) from %s", catalog.height, settings.catalog.source)
 
     checked = check_rows_task(extracted.rows(), catalog)
-    safety_stock = {w.name: w.safety_stock for w in settings.warehouses}
-    plan = reconcile_task(
-        checked.good, checked.held_skus, catalog, safety_stock, settings.catalog.absent
-    )
+    plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
     check_payload_task(plan.payload, catalog)
     changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)
     breaker = measure_breaker(changes.all, settings.guards)
-    if breaker.tripped and not dry_run and not approve_large_changes:
+    if breaker.tripped and not (dry_run or approve_large_changes):
         ask_for_approval(breaker, settings.guards.approval_timeout_seconds)
 
-    outcome, drift = None, None
-    try:
-        if not dry_run:
-            outcome = load(changes.to_send, api, token, settings.state.dir, run)
-            if settings.guards.read_back and outcome.products_sent:
-                landed = changes.to_send.filter(~pl.col("id").is_in(list(outcome.not_landed_ids)))
-                drift = read_back_task(landed, api, token)
-                store.forget(drift["id"])
-    finally:
-        close_shared_clients()
+    outcome = drift = None
+    if not dry_run:
+        outcome = load(changes.to_send, api, token, settings.state.dir, run)
+        if settings.guards.read_back:
+            drift = read_back(changes.to_send, outcome, api, token, store)
 
-    chunks = len(split_into_chunks(changes.to_send, api.chunk_size))
     summary = summarize(
-        run,
-        dry_run,
-        extracted,
-        checked,
-        plan,
-        changes,
-        outcome,
-        chunks,
-        drift=drift,
-        notes=stale_notes,
-        breaker=breaker,
-    )
+        run, dry_run, extracted, checked, plan, changes, outcome,
+        chunk_size=api.chunk_size, drift=drift, notes=stale_notes, breaker=breaker,
+    )  # fmt: skip
     write_files(summary, checked, outcome, settings.report.dir)
     publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
     logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
     if not summary.ok:
         raise SyncFailed(summary)
     if not dry_run:
-        for feed in extracted.feeds:
-            store.record_good_feed(feed.warehouse, feed.modified_at, feed.source, feed.rows, run)
+        store.record_good_feeds(extracted.feeds, run)
     return summary

@@ -23,6 +23,7 @@ from tasks.lightspeed import (
     LightspeedClient,
     LightspeedError,
     RetryableError,
+    close_shared_clients,
     retry_policy,
     shared_client,
 )
@@ -183,6 +184,15 @@ def load(
     The one exception is 401/403: the token is wrong for every chunk, so no further chunk is
     started and the ones not sent are reported as such.
     """
+    try:
+        return _load(payload, settings, token, state_dir, run)
+    finally:
+        close_shared_clients()
+
+
+def _load(
+    payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr, state_dir: str, run: str
+) -> LoadOutcome:
     chunks = split_into_chunks(payload, settings.chunk_size)
     outcome = LoadOutcome(chunks=len(chunks))
     if not chunks:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,7 +10,8 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import MAX_QUANTITY
+from tasks.check_rows import CheckedRows
+from tasks.config import MAX_QUANTITY, WarehouseBase
 
 # What happens to each catalog product this run, in order of precedence.
 HELD_AMBIGUOUS = "held: vendorSku on several catalog products"
@@ -130,14 +131,14 @@ def reconcile(
 
 @task(name="reconcile", cache_policy=NO_CACHE)
 def reconcile_task(
-    good_rows: pl.DataFrame,
-    held_skus: pl.Series,
+    checked: CheckedRows,
     catalog: pl.DataFrame,
-    safety_stock: dict[str, int],
+    warehouses: Sequence[WarehouseBase],
     absent: Literal["zero", "keep"],
 ) -> Plan:
     """Apply the rules and log how many products land in each outcome."""
-    plan = reconcile(good_rows, held_skus, catalog, safety_stock, absent)
+    safety_stock = {w.name: w.safety_stock for w in warehouses}
+    plan = reconcile(checked.good, checked.held_skus, catalog, safety_stock, absent)
     logger = get_run_logger()
     for status, count in plan.counts().items():
         if count:

@@ -142,8 +142,8 @@ def summarize(
     plan: Plan,
     changes: Changes,
     outcome: LoadOutcome | None,
-    chunks: int,
     *,
+    chunk_size: int,
     drift: pl.DataFrame | None,
     notes: list[str],
     breaker: Breaker,
@@ -175,7 +175,7 @@ def summarize(
         unchanged=changes.unchanged,
         platform_differs=changes.platform_differs,
         full=changes.full,
-        chunks=chunks,
+        chunks=-(-changes.to_send.height // chunk_size),
         notes=list(notes),
     )
     if breaker.tripped:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import polars as pl
 
+from tasks.feeds import Feed
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pushed (
     product_id TEXT PRIMARY KEY,
@@ -116,6 +118,11 @@ class StateStore:
                 "run = excluded.run, recorded_at = excluded.recorded_at",
                 (warehouse, modified_at.isoformat(), source, run, _now()),
             )
+
+    def record_good_feeds(self, feeds: Iterable[Feed], run: str) -> None:
+        """Remember every feed of a successful run (see record_good_feed)."""
+        for feed in feeds:
+            self.record_good_feed(feed.warehouse, feed.modified_at, feed.source, feed.rows, run)
 
     def last_good_rows(self, warehouse: str) -> pl.DataFrame | None:
         path = self._snapshot_path(warehouse)

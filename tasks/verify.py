@@ -9,6 +9,8 @@ from pydantic import SecretStr
 
 from tasks.config import LightspeedSettings
 from tasks.lightspeed import LightspeedClient
+from tasks.load import LoadOutcome
+from tasks.state import StateStore
 
 DRIFT_SCHEMA = {"id": pl.String, "vendorSku": pl.String, "pushed": pl.Int64, "platform": pl.Int64}
 
@@ -25,6 +27,22 @@ def find_drift(landed: pl.DataFrame, platform: dict[str, int | None]) -> pl.Data
         .filter(pl.col("platform").is_null() | (pl.col("platform") != pl.col("pushed")))
         .select(list(DRIFT_SCHEMA))
     )
+
+
+def read_back(
+    sent: pl.DataFrame,
+    outcome: LoadOutcome,
+    settings: LightspeedSettings,
+    token: SecretStr,
+    store: StateStore,
+) -> pl.DataFrame | None:
+    """Read back what landed; forget drifted products in the state so the next run resends them."""
+    landed = sent.filter(~pl.col("id").is_in(list(outcome.not_landed_ids)))
+    if landed.height == 0:
+        return None
+    drift = read_back_task(landed, settings, token)
+    store.forget(drift["id"])
+    return drift
 
 
 @task(name="read-back", cache_policy=NO_CACHE)
