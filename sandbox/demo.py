@@ -1,9 +1,10 @@
-"""The demo behind `make run`: a catalog, three warehouse feeds, one sync, and a check of the result."""
+"""The demo behind `make run`: a catalog, four warehouse feeds, one sync, and a check of the result."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -70,10 +71,13 @@ def demo_feeds() -> dict[str, list[tuple[str, str]]]:
     west += [("MUG-BLACK", "abc"), ("MUG-BLACK", "6"), ("SÜSS-TEA", " 40 "), ("GIFT-25", "100")]
     north = [(sku, str(10 + i)) for i, sku in enumerate(tees[::4])]
     north += [("MUG-WHITE", "1")]
-    return {"east": east, "west": west, "north": north}
+    south = [(sku, str(i % 6)) for i, sku in enumerate(tees[1::3])]
+    south += [("MUG-WHITE", "2"), ("MUG-WHITE", "3"), ("SÜSS-TEA", "8")]  # two locations
+    return {"east": east, "west": west, "north": north, "south": south}
 
 
-SAFETY_STOCK = {"east": 2, "west": 0, "north": 0}
+SAFETY_STOCK = {"east": 2, "west": 0, "north": 0, "south": 0}
+SOUTH_DB_URL_ENV = "DEMO_SOUTH_DB_URL"  # named by demo/inventory-sync.toml
 
 
 def expected_quantities(catalog: list[dict[str, Any]]) -> dict[str, int]:
@@ -136,7 +140,20 @@ def write_demo(folder: Path) -> list[dict[str, Any]]:
             "on_hand": [int(q) for _, q in rows["north"]],
         }
     ).write_parquet(feeds / "north.parquet")
+    write_south_db(feeds / "south.sqlite", rows["south"])
     return catalog
+
+
+def write_south_db(path: Path, rows: list[tuple[str, str]]) -> None:
+    """The south warehouse keeps stock in a database: one row per SKU and location."""
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE stock_levels (sku TEXT, location TEXT, on_hand INTEGER)")
+        db.executemany(
+            "INSERT INTO stock_levels VALUES (?, ?, ?)",
+            [(sku, f"S{i % 3}", int(qty)) for i, (sku, qty) in enumerate(rows)],
+        )
+    db.close()
 
 
 def run_demo(folder: Path) -> int:
@@ -149,6 +166,7 @@ def run_demo(folder: Path) -> int:
     with SandboxServer(products=catalog, token=DEMO_TOKEN, port=0) as server:
         os.environ["LIGHTSPEED_BASE_URL"] = server.url
         os.environ["LIGHTSPEED_TOKEN"] = DEMO_TOKEN  # the sandbox's, never a real one
+        os.environ[SOUTH_DB_URL_ENV] = f"sqlite:///{folder / 'feeds' / 'south.sqlite'}"
         print(f"Sandbox Lightspeed API on {server.url} with {len(catalog)} demo products")
         status = run_once(folder / "inventory-sync.toml")
         expected = expected_quantities(catalog)
