@@ -44,6 +44,13 @@ def _relative_to_config(value: str, info: ValidationInfo) -> str:
     return str(Path(base) / value)
 
 
+def _http_url(value: str) -> str:
+    """An http(s) root URL, without a trailing slash."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got {value!r}")
+    return value.rstrip("/")
+
+
 class LightspeedSettings(_Section):
     base_url: str = Field(description="API root, e.g. https://lsapi-product.lightspeedapp.com")
     token_secret: str | None = Field(
@@ -61,12 +68,7 @@ class LightspeedSettings(_Section):
         120.0, ge=0, description="longest Retry-After honoured before failing the attempt"
     )
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
+    _url = field_validator("base_url")(_http_url)
 
 
 class CatalogSettings(_Section):
@@ -243,12 +245,7 @@ class HttpWarehouse(RemoteWarehouse):
     cursor_path: str | None = Field(None, min_length=1, description="dotted path to next cursor")
     next_path: str = Field("next", min_length=1, description="dotted path to the next page's URL")
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
+    _url = field_validator("base_url")(_http_url)
 
     @model_validator(mode="after")
     def _pagination_keys(self) -> HttpWarehouse:
