@@ -84,6 +84,21 @@ def test_each_pagination_style_reads_every_record_once_as_text(wms, style):
     assert pages_fetched == (4 if style == "page" else 3)  # page numbers stop at an empty page
 
 
+def test_numbers_stay_as_written_and_a_timestamp_path_dates_the_feed(wms):
+    page = (
+        b'[{"sku": "A", "qty": 1e3, "at": "2026-11-20T08:00:00Z"},'
+        b' {"sku": "B", "qty": 12.50, "at": "2026-11-21T09:30:00Z"}]'
+    )
+    wms.fail("stock/raw", 200, body=page)
+    wh = warehouse(
+        wms, "cursor", path="stock/raw", records_path="", sku_column="sku", quantity_column="qty"
+    )
+    assert read_http_feed(wh, KEY).rows["quantity_text"].to_list() == ["1e3", "12.50"]
+    wms.fail("stock/raw", 200, body=page)
+    feed = read_http_feed(wh.model_copy(update={"timestamp_column": "at"}), KEY)
+    assert feed.modified_at.isoformat() == "2026-11-21T09:30:00+00:00"
+
+
 def test_a_4xx_fails_the_warehouse_with_the_servers_message(wms):
     wms.fail("cursor=2", 400, body={"message": "cursor expired, start again"})
     with pytest.raises(WarehouseUnreadable) as info:

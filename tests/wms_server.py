@@ -15,7 +15,10 @@ API_KEY = "wms-test-key"
 
 @dataclass
 class Fault:
-    """Answer the next `times` requests whose path and query contain `when` with `status`."""
+    """Answer the next `times` requests whose path and query contain `when` with `status`.
+
+    `body` is sent as JSON; bytes are sent as they are (JSON written by hand).
+    """
 
     when: str
     status: int
@@ -89,7 +92,7 @@ class WmsServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 status, body = server.answer(self.path, self.headers.get("X-Api-Key"))
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 with server._lock:
                     server.requests.append((self.path, status))
                 self.send_response(status)
