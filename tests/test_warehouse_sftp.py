@@ -9,10 +9,12 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from prefect import flow
 from pydantic import SecretStr
 from sftp_server import KEY_USER, PASSWORD, PASSWORD_USER, SftpServer
 
 from tasks.config import SftpWarehouse
+from tasks.extract import archive_processed, extract_all
 from tasks.feeds import WarehouseUnavailable, WarehouseUnreadable
 from tasks.warehouse_sftp import archive_sftp_file, read_sftp_feed
 
@@ -172,3 +174,23 @@ def test_archive_leaves_a_file_that_changed_after_it_was_read(sftp, outbound):
     with pytest.raises(WarehouseUnreadable, match="changed after it was read; left in place"):
         archive_sftp_file(wh, GOOD, feed)
     assert path.read_text() == "sku,qty\nA,1\nB,7\n"
+
+
+@flow
+def read_then_archive(warehouses: list) -> list[str]:
+    """What the sync flow does around a run that landed: extract first, archive at the end."""
+    return archive_processed(extract_all(warehouses), warehouses)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_after_a_run_only_warehouses_with_an_archive_dir_move_their_file(
+    sftp, outbound, monkeypatch
+):
+    monkeypatch.setenv("EAST_SFTP_PASSWORD", PASSWORD)
+    drop(outbound, "stock-1.csv", "sku,qty\nA,1\n")
+    drop(outbound, "west-1.csv", "sku,qty\nW,1\n")
+    east = warehouse(sftp, archive_dir="/outbound/archive")
+    west = warehouse(sftp, name="west", path="/outbound/west-*.csv")
+    assert read_then_archive([east, west]) == ["/outbound/archive/stock-1.csv"]
+    assert sorted(p.name for p in outbound.rglob("*.csv")) == ["stock-1.csv", "west-1.csv"]
+    assert (outbound / "archive" / "stock-1.csv").exists()
