@@ -1,0 +1,1 @@
+"""Benchmarks at supplier scale: `make bench` runs them all and rewrites docs/benchmarks.md."""

@@ -1,0 +1,188 @@
+"""Child processes for the benchmarks: a measured run, a Prefect server, the sandbox API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a child process took: wall time, peak resident memory, and what it printed."""
+
+    seconds: float
+    peak_rss_bytes: int
+    returncode: int
+    output: str
+
+    @property
+    def peak_rss_gb(self) -> float:
+        return self.peak_rss_bytes / 1024**3
+
+
+def run_measured(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 900
+) -> Measured:
+    """Run a command to its end; its own peak RSS comes from wait4, not from its siblings."""
+    with tempfile.TemporaryFile() as output:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            list(argv),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **QUIET_ENV, **(env or {})},
+            cwd=ROOT,
+        )
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read().decode("utf-8", "replace")
+    return Measured(seconds, usage.ru_maxrss * 1024, process.returncode, text)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv for `python -m module args` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def last_json(output: str) -> dict[str, Any]:
+    """The last line of a child's output that is a JSON object: its figures."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("{"):
+            result: dict[str, Any] = json.loads(line)
+            return result
+    raise RuntimeError(f"the child printed no JSON result:\n{output[-3000:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def _process(argv: Sequence[str], env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A background process in its own group, stopped (SIGTERM, then SIGKILL) on exit."""
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            list(argv),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **QUIET_ENV, **env},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def _wait_until(ready: Any, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited early:\n{log.read_text()[-3000:]}")
+        if ready():
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"{process.args!r} not ready after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """`prefect server start` on a free port, SQLite under `home`; yields its API URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {"PREFECT_HOME": str(home), "PREFECT_UI_API_URL": api, "PREFECT_API_URL": ""}
+    argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    log = home / "server.log"
+    with _process(argv, env, log) as process:
+        _wait_until(lambda: _answers(f"{api}/health"), process, log, timeout=120)
+        yield api
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A sandbox API in a child process, and its control endpoints."""
+
+    url: str
+    token: str
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The sandbox's request log since its last reset."""
+        rows: list[dict[str, Any]] = httpx.get(
+            f"{self.url}/_sandbox/requests", timeout=300
+        ).json()["requests"]
+        return rows
+
+    def reset_log(self) -> None:
+        httpx.post(f"{self.url}/_sandbox/reset", timeout=60).raise_for_status()
+
+
+@contextmanager
+def sandbox_server(catalog: Path, max_products: int, folder: Path) -> Iterator[Sandbox]:
+    """`inventory-sync sandbox` on a free port, serving `catalog`, in a child process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    token = "bench-token"
+    argv = [
+        str(BIN / "inventory-sync"),
+        "sandbox",
+        "--port",
+        str(port),
+        "--catalog",
+        str(catalog),
+        "--max-products",
+        str(max_products),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    log = folder / f"sandbox-{port}.log"
+    with _process(argv, {"LIGHTSPEED_TOKEN": token}, log) as process:
+        _wait_until(lambda: _answers(f"{url}/_sandbox/faults"), process, log, timeout=300)
+        yield Sandbox(url, token)
