@@ -30,7 +30,7 @@ def read_sql_feed(warehouse: SqlWarehouse, secrets: Mapping[str, SecretStr]) -> 
     url = _url(warehouse, secret)
     source = url.render_as_string(hide_password=True)
     try:
-        engine = sqlalchemy.create_engine(_read_only(warehouse, url), poolclass=NullPool)
+        engine = sqlalchemy.create_engine(_engine_url(warehouse, url), poolclass=NullPool)
     except (ArgumentError, ImportError) as exc:
         raise WarehouseUnreadable(
             warehouse.name, f"{source}: no database driver for {url.drivername!r} ({exc})"
@@ -41,7 +41,7 @@ def read_sql_feed(warehouse: SqlWarehouse, secrets: Mapping[str, SecretStr]) -> 
             if url.get_backend_name() == "postgresql":
                 connection = connection.execution_options(postgresql_readonly=True)
             frame = pl.read_database(
-                sqlalchemy.text(warehouse.query),
+                sqlalchemy.text(warehouse.query.replace(":", "\\:")),  # no bind parameters
                 connection=connection,
                 schema_overrides=dict.fromkeys(columns, pl.String),
                 infer_schema_length=None,
@@ -79,13 +79,13 @@ def _url(warehouse: SqlWarehouse, secret: SecretStr) -> URL:
         raise WarehouseUnreadable(
             warehouse.name, "url is not a database URL (e.g. postgresql://user:pw@host/db)"
         ) from None
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")  # psycopg 3, installed with this project
     return url
 
 
-def _read_only(warehouse: SqlWarehouse, url: URL) -> URL:
-    """SQLite opened read-only (and never created when missing); other databases as given."""
+def _engine_url(warehouse: SqlWarehouse, url: URL) -> URL:
+    """psycopg 3 for postgresql://; SQLite opened read-only, and never created when missing."""
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg")  # the driver installed with this project
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return url
     path = Path(str(url.database))

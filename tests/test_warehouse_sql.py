@@ -116,6 +116,14 @@ def test_postgres_integers_numerics_and_nulls(pg_url):
     assert counted.rows["quantity_text"].to_list() == ["4.00", "2.50"]  # the checks decide
 
 
+def test_the_query_is_sent_as_written(pg_url):
+    query = """
+        SELECT sku, qty::text AS qty FROM stock  -- colons are not bind :parameters
+        WHERE sku LIKE 'A%' OR sku = 'x:y' ORDER BY id
+    """
+    assert read_sql_feed(warehouse(query=query), url(pg_url)).rows["sku_text"].to_list() == ["A"]
+
+
 def test_postgres_runs_the_query_read_only(pg_url):
     with pytest.raises(
         WarehouseUnreadable, match="cannot execute DELETE in a read-only transaction"
