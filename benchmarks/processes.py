@@ -92,7 +92,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def _process(argv: Sequence[str], env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    argv: Sequence[str], env: Mapping[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """A background process in its own group, stopped (SIGTERM, then SIGKILL) on exit."""
     with open(log, "wb") as handle:
         process = subprocess.Popen(
@@ -123,7 +125,9 @@ def _wait_until(ready: Any, process: subprocess.Popen[bytes], log: Path, timeout
         if ready():
             return
         time.sleep(0.25)
-    raise RuntimeError(f"{process.args!r} not ready after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(
+        f"{process.args!r} not ready after {timeout:.0f}s:\n{log.read_text()[-3000:]}"
+    )
 
 
 def _answers(url: str) -> bool:
@@ -156,9 +160,9 @@ class Sandbox:
 
     def requests(self) -> list[dict[str, Any]]:
         """The sandbox's request log since its last reset."""
-        rows: list[dict[str, Any]] = httpx.get(
-            f"{self.url}/_sandbox/requests", timeout=300
-        ).json()["requests"]
+        rows: list[dict[str, Any]] = httpx.get(f"{self.url}/_sandbox/requests", timeout=300).json()[
+            "requests"
+        ]
         return rows
 
     def reset_log(self) -> None:

@@ -1,6 +1,6 @@
 """Benchmark 1: read + check + reconcile + validate, 10 warehouse CSV feeds, in a child process.
 
-    python -m benchmarks.transform [--sizes 100000,1000000,5000000]
+python -m benchmarks.transform [--sizes 100000,1000000,5000000]
 """
 
 from __future__ import annotations
