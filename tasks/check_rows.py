@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import MAX_QUANTITY
-from tasks.suites import Outcome, validate
+from tasks.suites import Outcome, validate_distinct
 
 SUITE = "warehouse_rows"
 INTEGER_TEXT = r"^[+-]?[0-9]+(\.0+)?$"
@@ -81,7 +81,7 @@ def flags_from(outcomes: list[Outcome]) -> pl.DataFrame:
 def check_rows(rows: pl.DataFrame, catalog: pl.DataFrame) -> CheckedRows:
     """Parse, validate with GX, and split rows into those that count and those flagged."""
     parsed = parse_rows(rows, catalog["vendorSku"])
-    flags = flags_from(validate(parsed, SUITE))
+    flags = flags_from(validate_distinct(parsed, SUITE))
     dropped = flags.filter(pl.col("action").is_in(DROPPING_ACTIONS))["row_id"].unique()
     good = parsed.filter(~pl.col("row_id").is_in(dropped.implode())).select(
         "warehouse", "sku", "quantity"
