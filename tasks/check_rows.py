@@ -83,11 +83,15 @@ def check_rows(rows: pl.DataFrame, catalog: pl.DataFrame) -> CheckedRows:
     parsed = parse_rows(rows, catalog["vendorSku"])
     flags = flags_from(validate_distinct(parsed, SUITE))
     dropped = flags.filter(pl.col("action").is_in(DROPPING_ACTIONS))["row_id"].unique()
-    good = parsed.filter(~pl.col("row_id").is_in(dropped.implode())).select(
-        "warehouse", "sku", "quantity"
+    # join only the few flagged rows, never the millions: a join hashes its whole input
+    good = (
+        parsed.select("row_id", "warehouse", "sku", "quantity")
+        .filter(~pl.col("row_id").is_in(dropped.implode()))
+        .drop("row_id")
     )
+    flagged_rows = parsed.filter(pl.col("row_id").is_in(flags["row_id"].unique().implode()))
     flagged = (
-        flags.join(parsed, on="row_id", how="left")
+        flags.join(flagged_rows, on="row_id", how="left")
         .select(
             "row_id", "warehouse", "source", "line", "sku_text", "quantity_text", "reason", "action"
         )
@@ -95,7 +99,7 @@ def check_rows(rows: pl.DataFrame, catalog: pl.DataFrame) -> CheckedRows:
     )
     held = (
         flagged.filter(pl.col("action") == "hold")
-        .join(parsed.select("row_id", "sku"), on="row_id")["sku"]
+        .join(flagged_rows.select("row_id", "sku"), on="row_id")["sku"]
         .drop_nulls()
         .unique()
         .sort()
