@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
+from uuid import uuid4
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -13,8 +14,8 @@ from pydantic import Field
 from tasks.catalog import read_catalog_task
 from tasks.check_payload import check_payload_task
 from tasks.check_rows import check_rows_task
-from tasks.config import apply_run_options, load_settings, resolve_token
-from tasks.extract import extract_all
+from tasks.config import apply_run_options, load_settings, resolve_token, select_warehouses
+from tasks.extract import archive_processed, extract_all
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_breaker
 from tasks.lightspeed import retry_policy
 from tasks.load import load
@@ -63,14 +64,15 @@ def inventory_sync(
         config_path: The TOML configuration file; relative paths inside it are read from its folder.
         dry_run: Read, check and reconcile everything, show what would change, send nothing.
         full: Send every product, not only those that changed since the last push.
-        warehouses: Sync only these warehouses (by name). Products they do not list are left
-            alone, whatever catalog.absent says. Empty: all warehouses.
+        warehouses: Read only these warehouses (by name); the others count with their last good
+            feed, so no product gets a partial sum. Empty: read all warehouses.
         chunk_size: Products per PUT for this run only. Empty: lightspeed.chunk_size.
         approve_large_changes: Send even if the change guard trips (after a stock count, say).
     """
     logger = get_run_logger()
-    run = flow_run.name or "local"
-    settings = apply_run_options(load_settings(config_path), warehouses, chunk_size)
+    run_id = str(flow_run.id or uuid4())  # what the state records; names can repeat
+    run = flow_run.name or run_id
+    settings = apply_run_options(load_settings(config_path), chunk_size)
     api = settings.lightspeed
     token = resolve_token(api)
     store = StateStore(settings.state.dir)
@@ -78,7 +80,7 @@ def inventory_sync(
     catalog_future = read_catalog_task.with_options(**retry_policy(api)).submit(
         settings.catalog, api, token
     )
-    extracted = extract_all(settings.warehouses)
+    extracted = extract_all(select_warehouses(settings, warehouses))
     extracted, stale_notes = guard_feed_ages(
         extracted, settings.warehouses, store, datetime.now(UTC)
     )
@@ -95,7 +97,7 @@ def inventory_sync(
 
     outcome = drift = None
     if not dry_run:
-        outcome = load(changes.to_send, api, token, settings.state.dir, run)
+        outcome = load(changes.to_send, api, token, settings.state.dir, run_id)
         if settings.guards.read_back:
             drift = read_back(changes.to_send, outcome, api, token, store)
 
@@ -103,11 +105,12 @@ def inventory_sync(
         run, dry_run, extracted, checked, plan, changes, outcome,
         chunk_size=api.chunk_size, drift=drift, notes=stale_notes, breaker=breaker,
     )  # fmt: skip
-    write_files(summary, checked, outcome, settings.report.dir)
+    write_files(summary, checked, changes, outcome, settings.report.dir)
     publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
     logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
     if not summary.ok:
         raise SyncFailed(summary)
     if not dry_run:
         store.record_good_feeds(extracted.feeds, run)
+        archive_processed(extracted, settings.warehouses)
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import uuid
 from collections import defaultdict
@@ -117,7 +118,11 @@ def expected_quantities(catalog: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def write_demo(folder: Path) -> list[dict[str, Any]]:
-    """Write the catalog JSON and the three feeds under `folder`; return the catalog."""
+    """Write the catalog JSON and the feeds under `folder`; return the catalog.
+
+    The demo's state is cleared too: a fresh sandbox holds none of what an earlier demo pushed.
+    """
+    shutil.rmtree(folder / "state", ignore_errors=True)
     feeds = folder / "feeds"
     feeds.mkdir(parents=True, exist_ok=True)
     catalog = demo_catalog()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -19,7 +21,8 @@ CATALOG_SCHEMA = {
     "backorder": pl.Boolean,
     "platform_quantity": pl.Int64,  # what GET /products reported; null from a catalog file
 }
-CSV_COLUMNS = ("vendorSku", "id", "isInventoryTrackingEnabled", "isBackorderingEnabled")
+TRACKED, BACKORDER = "isInventoryTrackingEnabled", "isBackorderingEnabled"
+CSV_COLUMNS = ("vendorSku", "id", TRACKED, BACKORDER)
 
 
 class CatalogError(Exception):
@@ -53,12 +56,12 @@ def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
         inventory = product.get("inventory") or {}
         if not isinstance(inventory, dict):
             raise CatalogError(f"product {pid}: 'inventory' is not an object")
-        where = f"product {pid}"
+        where = f"product {pid}: inventory."
         ids.append(pid)
         sku = product.get("vendorSku")
         skus.append(sku.strip() if isinstance(sku, str) and sku.strip() else None)
-        tracked.append(parse_flag(inventory.get("isInventoryTrackingEnabled"), where))
-        backorder.append(parse_flag(inventory.get("isBackorderingEnabled"), where))
+        tracked.append(parse_flag(inventory.get(TRACKED), where + TRACKED))
+        backorder.append(parse_flag(inventory.get(BACKORDER), where + BACKORDER))
         quantity = product.get("quantity")
         quantities.append(quantity if type(quantity) is int else None)
     frame = pl.DataFrame(
@@ -77,13 +80,18 @@ def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
 def catalog_from_csv(path: str) -> pl.DataFrame:
     """The catalog frame from a CSV with vendorSku,id,isInventoryTrackingEnabled,... columns."""
     try:
-        raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
+        data = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf")
+        data.decode("utf-8")  # strict: a mangled SKU would silently match nothing
+        raw = pl.read_csv(io.BytesIO(data), infer_schema=False)
     except FileNotFoundError:
         raise CatalogError(f"catalog file {path}: not found") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise CatalogError(f"catalog file {path}: line {line} is not valid UTF-8") from None
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise CatalogError(f"catalog file {path}: cannot read: {exc}") from None
-    raw = raw.rename({c: c.lstrip("\ufeff").strip() for c in raw.columns})
-    missing = [c for c in CSV_COLUMNS[:2] if c not in raw.columns]
+    raw = raw.rename({c: c.strip() for c in raw.columns})
+    missing = [c for c in CSV_COLUMNS if c not in raw.columns]
     if missing:
         raise CatalogError(
             f"catalog file {path}: missing column(s) {', '.join(missing)}; "
@@ -95,11 +103,11 @@ def catalog_from_csv(path: str) -> pl.DataFrame:
         pid = (row.get("id") or "").strip()
         if not pid:
             raise CatalogError(f"catalog file {path}, line {line}: empty id")
-        where = f"catalog file {path}, line {line}"
+        where = f"catalog file {path}, line {line}, column"
         ids.append(pid)
         skus.append((row.get("vendorSku") or "").strip() or None)
-        tracked.append(parse_flag(row.get("isInventoryTrackingEnabled"), where))
-        backorder.append(parse_flag(row.get("isBackorderingEnabled"), where))
+        tracked.append(parse_flag(row.get(TRACKED), f"{where} {TRACKED}"))
+        backorder.append(parse_flag(row.get(BACKORDER), f"{where} {BACKORDER}"))
     frame = pl.DataFrame(
         {"id": ids, "vendorSku": skus, "tracked": tracked, "backorder": backorder},
         schema={k: v for k, v in CATALOG_SCHEMA.items() if k != "platform_quantity"},

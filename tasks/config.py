@@ -339,33 +339,26 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise ConfigError(f"{path}: invalid configuration:\n{describe_errors(exc, data)}") from None
 
 
-def apply_run_options(
-    settings: Settings, warehouses: list[str] | None, chunk_size: int | None
-) -> Settings:
-    """Narrow a run to some warehouses and/or override the chunk size, from flow parameters.
+def apply_run_options(settings: Settings, chunk_size: int | None) -> Settings:
+    """The settings for one run, with a chunk-size override from the flow parameters."""
+    if not chunk_size:
+        return settings
+    lightspeed = settings.lightspeed.model_copy(update={"chunk_size": chunk_size})
+    return settings.model_copy(update={"lightspeed": lightspeed})
 
-    A run over a subset of warehouses cannot know that a product is in no warehouse, so it
-    never zeroes absent products: it leaves them alone.
-    """
-    if warehouses:
-        known = {w.name for w in settings.warehouses}
-        unknown = [name for name in warehouses if name not in known]
-        if unknown:
-            raise ConfigError(
-                f"warehouses parameter: no warehouse named {', '.join(map(repr, unknown))}; "
-                f"the configuration has {', '.join(map(repr, sorted(known)))}"
-            )
-        chosen = [w for w in settings.warehouses if w.name in warehouses]
-        settings = settings.model_copy(
-            update={
-                "warehouses": chosen,
-                "catalog": settings.catalog.model_copy(update={"absent": "keep"}),
-            }
+
+def select_warehouses(settings: Settings, names: Sequence[str] | None) -> list[Warehouse]:
+    """The warehouses to read this run: all, or the named ones (an unknown name is an error)."""
+    if not names:
+        return list(settings.warehouses)
+    known = {w.name for w in settings.warehouses}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"warehouses parameter: no warehouse named {', '.join(map(repr, unknown))}; "
+            f"the configuration has {', '.join(map(repr, sorted(known)))}"
         )
-    if chunk_size:
-        lightspeed = settings.lightspeed.model_copy(update={"chunk_size": chunk_size})
-        settings = settings.model_copy(update={"lightspeed": lightspeed})
-    return settings
+    return [w for w in settings.warehouses if w.name in names]
 
 
 def describe_errors(exc: ValidationError, data: Mapping[str, Any]) -> str:

@@ -35,20 +35,22 @@ class Staleness:
     reason: str
 
 
-def stale_reason(feed: Feed, warehouse: Warehouse, mark: FeedMark | None, now: datetime) -> str:
-    """Why this feed must not be used, or "" if it may."""
-    age = now - feed.modified_at
+def stale_reason(
+    warehouse: Warehouse, source: str, modified_at: datetime, mark: FeedMark | None, now: datetime
+) -> str:
+    """Why a feed of this age must not be used, or "" if it may."""
+    age = now - modified_at
+    modified = modified_at.isoformat(timespec="seconds")
     if warehouse.max_age is not None and age > warehouse.max_age:
         return (
-            f"feed {feed.source} is {_human(age.total_seconds())} old "
-            f"(modified {feed.modified_at.isoformat(timespec='seconds')}), "
+            f"feed {source} is {_human(age.total_seconds())} old (modified {modified}), "
             f"over max_age {_human(warehouse.max_age.total_seconds())}"
         )
-    if mark is not None and feed.modified_at < mark.modified_at:
+    if mark is not None and modified_at < mark.modified_at:
         return (
-            f"feed {feed.source} (modified {feed.modified_at.isoformat(timespec='seconds')}) is "
-            f"older than the feed used by the last successful run, {mark.source} "
-            f"(modified {mark.modified_at.isoformat(timespec='seconds')}, run {mark.run})"
+            f"feed {source} (modified {modified}) is older than the feed used by the last "
+            f"successful run, {mark.source} (modified "
+            f"{mark.modified_at.isoformat(timespec='seconds')}, run {mark.run})"
         )
     return ""
 
@@ -56,45 +58,62 @@ def stale_reason(feed: Feed, warehouse: Warehouse, mark: FeedMark | None, now: d
 def guard_feed_ages(
     extracted: Extracted, warehouses: Sequence[Warehouse], store: StateStore, now: datetime
 ) -> tuple[Extracted, list[str]]:
-    """Keep fresh feeds; swap a stale one for its last good snapshot if allowed, else fail.
+    """Check every feed's age; use a warehouse's last good feed where allowed; fail otherwise.
 
-    Returns the feeds to use and one note per substituted warehouse.
+    A warehouse that was not read this run (a run over a subset) is taken from its last good
+    feed too, so that a product stocked in several warehouses is never sent a partial sum.
+    Returns the feeds to use and one note per warehouse whose last good feed was used.
     """
-    feeds = extracted.feeds
-    by_name = {w.name: w for w in warehouses}
     marks = store.feed_marks()
+    fresh = {feed.warehouse: feed for feed in extracted.feeds}
     used: list[Feed] = []
     notes: list[str] = []
     problems: list[str] = []
-    for feed in feeds:
-        warehouse = by_name[feed.warehouse]
-        reason = stale_reason(feed, warehouse, marks.get(feed.warehouse), now)
-        if not reason:
-            used.append(feed)
+    for warehouse in warehouses:
+        mark = marks.get(warehouse.name)
+        feed = fresh.get(warehouse.name)
+        if feed is not None:
+            reason = stale_reason(warehouse, feed.source, feed.modified_at, mark, now)
+            if not reason:
+                used.append(feed)
+                continue
+            if warehouse.on_stale != "use_last_good":
+                problems.append(
+                    f"warehouse {warehouse.name!r}: stale: {reason} "
+                    '(on_stale = "use_last_good" would fall back to the last good feed)'
+                )
+                continue
+        else:
+            reason = "not read in this run (a run over some warehouses only)"
+        fallback, why_not = _last_good(warehouse, mark, store, now)
+        if fallback is None:
+            problems.append(f"warehouse {warehouse.name!r}: {reason}, and {why_not}")
             continue
-        mark = marks.get(feed.warehouse)
-        snapshot = (
-            store.last_good_rows(feed.warehouse) if warehouse.on_stale == "use_last_good" else None
-        )
-        if snapshot is None or mark is None:
-            hint = (
-                "and there is no last good snapshot yet"
-                if warehouse.on_stale == "use_last_good"
-                else '(set on_stale = "use_last_good" to fall back to the last good feed)'
-            )
-            problems.append(f"warehouse {feed.warehouse!r}: stale: {reason} {hint}")
-            continue
-        used.append(replace(feed, rows=snapshot, source=mark.source, modified_at=mark.modified_at))
+        assert mark is not None  # a fallback exists only where a last good feed was recorded
+        used.append(fallback)
         notes.append(
-            f"{feed.warehouse}: {reason}; used the last good feed instead ({mark.source}, "
-            f"from run {mark.run})"
+            f"{warehouse.name}: {reason}; used its last good feed instead ({fallback.source}, "
+            f"modified {fallback.modified_at.isoformat(timespec='seconds')}, from run {mark.run})"
         )
     if problems:
         raise StaleFeeds(
-            f"{len(problems)} stale feed(s); nothing was sent:\n"
+            f"{len(problems)} warehouse(s) without a usable feed; nothing was sent:\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
     return replace(extracted, feeds=used), notes
+
+
+def _last_good(
+    warehouse: Warehouse, mark: FeedMark | None, store: StateStore, now: datetime
+) -> tuple[Feed | None, str]:
+    """The warehouse's last good feed, if there is one and it is itself within max_age."""
+    rows = store.last_good_rows(warehouse.name) if mark is not None else None
+    if mark is None or rows is None:
+        return None, "there is no last good feed yet (run it once with every warehouse)"
+    too_old = stale_reason(warehouse, mark.source, mark.modified_at, None, now)
+    if too_old:
+        return None, f"the last good feed is stale too: {too_old}"
+    return Feed(warehouse.name, mark.source, rows, 0, mark.modified_at), ""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class LightspeedError(Exception):
     """A call the API did not accept; `retryable` says whether trying again can help."""
 
     retryable = False
+    attempts = 1  # set by the task that made the call, for the report
 
     def __init__(
         self,
@@ -98,6 +99,11 @@ class LightspeedClient:
             yield from products
             next_url = body.get("next")
             url = urljoin(self.base_url, next_url) if next_url else None
+            if url and not url.startswith(self.base_url):
+                raise FatalError(
+                    f"GET /products: the next page {url!r} is not under {self.base_url}; "
+                    "refusing to send the token elsewhere"
+                )
 
     def put_inventory(self, payload: bytes) -> Accepted:
         """PUT one chunk, already serialised as `{"products": [{"id", "quantity"}, ...]}`."""
@@ -199,13 +205,13 @@ def retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-_clients: dict[tuple[LightspeedSettings, str], LightspeedClient] = {}
+_clients: dict[tuple[str, LightspeedSettings, str], LightspeedClient] = {}
 _clients_lock = threading.Lock()
 
 
-def shared_client(settings: LightspeedSettings, token: SecretStr) -> LightspeedClient:
-    """One keep-alive client per process and settings, shared by the chunk tasks' threads."""
-    key = (settings, token.get_secret_value())
+def shared_client(settings: LightspeedSettings, token: SecretStr, run: str) -> LightspeedClient:
+    """One keep-alive client per run, shared by that run's chunk tasks' threads."""
+    key = (run, settings, token.get_secret_value())
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
@@ -213,8 +219,8 @@ def shared_client(settings: LightspeedSettings, token: SecretStr) -> LightspeedC
         return client
 
 
-def close_shared_clients() -> None:
+def close_shared_clients(run: str) -> None:
+    """Close the clients of one run (others in this process keep theirs)."""
     with _clients_lock:
-        for client in _clients.values():
-            client.close()
-        _clients.clear()
+        for key in [k for k in _clients if k[0] == run]:
+            _clients.pop(key).close()

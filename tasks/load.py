@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 from uuid import UUID
 
@@ -54,6 +54,12 @@ class ChunkFailure:
     status: int | None
     attempts: int
     products: pl.DataFrame  # id, vendorSku, quantity
+
+    def without(self, landed: set[str]) -> ChunkFailure:
+        """The same failure, less the products an earlier attempt did land (after a split)."""
+        if not landed:
+            return self
+        return replace(self, products=self.products.filter(~pl.col("id").is_in(list(landed))))
 
 
 @dataclass
@@ -112,10 +118,12 @@ def send_isolating(
     """PUT a chunk so that one bad item never blocks the rest.
 
     413: split in halves and send each. 422: drop the ids the response names and resend the
-    rest; when it names none, split until the bad items stand alone. Returns (products
-    accepted, rejected id -> reason, requests made). Transient errors propagate for a retry.
+    rest; when it names none, split until the bad items stand alone. If such unexplained 422s
+    end up refusing every product of the chunk, the problem is not an item: the chunk fails.
+    Returns (products accepted, rejected id -> reason, requests made). Transient errors
+    propagate for a retry.
     """
-    pending, accepted, requests = [chunk], 0, 0
+    pending, accepted, requests, unexplained = [chunk], 0, 0, 0
     rejected: dict[str, str] = {}
     while pending:
         part = pending.pop()
@@ -135,11 +143,18 @@ def send_isolating(
                 pending += [part.slice(half), part.slice(0, half)]
             elif exc.status == 422:
                 rejected[part["id"][0]] = str(exc)
+                unexplained += 1
             else:
                 raise
             continue
         on_accepted(part)
         accepted += part.height
+    if accepted == 0 and unexplained == chunk.height > 1:
+        raise FatalError(
+            f"PUT /inventory: HTTP 422 for every one of the chunk's {chunk.height} products, "
+            f"without naming any: not an item problem (last: {next(iter(rejected.values()))})",
+            status=422,
+        )
     return accepted, rejected, requests
 
 
@@ -157,12 +172,14 @@ def put_chunk(
     attempt = task_run.run_count or 1
     logger = get_run_logger()
     store = StateStore(state_dir)
+    if attempt > 1:  # a retry: what an earlier attempt already landed is not sent again
+        chunk = chunk.filter(~pl.col("id").is_in(list(store.landed_in_run(chunk["id"], run))))
     try:
         accepted, rejected, requests = send_isolating(
-            shared_client(settings, token), chunk, lambda part: store.commit(part, run)
+            shared_client(settings, token, run), chunk, lambda part: store.commit(part, run)
         )
     except LightspeedError as exc:
-        exc.attempts = attempt  # type: ignore[attr-defined]
+        exc.attempts = attempt
         will_retry = isinstance(exc, RetryableError) and attempt <= settings.retries
         if will_retry and exc.retry_after:
             wait = min(exc.retry_after, settings.max_retry_after_seconds)
@@ -185,9 +202,14 @@ def load(
     started and the ones not sent are reported as such.
     """
     try:
-        return _load(payload, settings, token, state_dir, run)
+        outcome = _load(payload, settings, token, state_dir, run)
     finally:
-        close_shared_clients()
+        close_shared_clients(run)
+    landed = StateStore(state_dir).landed_in_run(
+        pl.concat([f.products["id"] for f in outcome.failed]) if outcome.failed else [], run
+    )
+    outcome.failed = [f.without(landed) for f in outcome.failed]
+    return outcome
 
 
 def _load(

@@ -22,7 +22,6 @@ class Changes:
     to_send: pl.DataFrame  # id, vendorSku, quantity, previous
     unchanged: int
     full: bool
-    platform_differs: int  # sent although unchanged since our last push: the platform disagrees
 
 
 def plan_changes(
@@ -30,9 +29,10 @@ def plan_changes(
 ) -> Changes:
     """Delta against the last pushed quantities; a full run (or an unknown product) sends all.
 
-    A product is also sent when the catalog read shows the platform holding something other
-    than its new quantity (someone changed it, or an earlier update was lost). `previous` is
-    what we last pushed, or, for a product we never pushed, what the platform reported.
+    The platform's own current quantity is deliberately not a reason to send: it runs down as
+    retailers order, and re-sending an unchanged warehouse figure over it would undo those
+    sales until the warehouse feed catches up. `previous` is what we last pushed, or, for a
+    product we never pushed, what the platform reported (used only by the change guard).
     """
     platform = catalog.select("id", pl.col("platform_quantity"))
     frame = (
@@ -43,17 +43,13 @@ def plan_changes(
         )
     )
     changed = pl.col("last_quantity").is_null() | (pl.col("last_quantity") != pl.col("quantity"))
-    platform_differs = pl.col("platform_quantity").is_not_null() & (
-        pl.col("platform_quantity") != pl.col("quantity")
-    )
-    to_send = frame if full else frame.filter(changed | platform_differs)
+    to_send = frame if full else frame.filter(changed)
     columns = list(CHANGE_SCHEMA)
     return Changes(
         all=frame.select(columns),
         to_send=to_send.select(columns),
         unchanged=frame.height - to_send.height,
         full=full,
-        platform_differs=frame.filter(~changed & platform_differs).height,
     )
 
 

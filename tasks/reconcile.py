@@ -19,8 +19,8 @@ NOT_TRACKED = "not tracked"
 HELD_NO_SKU = "held: no vendorSku in the catalog"
 HELD_BAD_ROWS = "held: a warehouse row had an unusable quantity"
 HELD_TOO_LARGE = "held: total above 2147483647"
-PUSHED = "pushed"
-ZEROED_ABSENT = "pushed 0: in no warehouse"
+PUSHED = "set from the warehouses"
+ZEROED_ABSENT = "set to 0: in no warehouse"
 KEPT_ABSENT = "left alone: in no warehouse"
 STATUSES = (
     PUSHED,

@@ -48,7 +48,6 @@ class RunSummary:
     products: dict[str, int]  # status -> products
     to_send: int  # after the delta: products that changed (or all, in a full run)
     unchanged: int = 0
-    platform_differs: int = 0
     full: bool = False
     chunks: int = 0
     chunks_accepted: int = 0
@@ -61,6 +60,7 @@ class RunSummary:
     drifted: list[str] = field(default_factory=list)  # "SKU (id): pushed X, platform has Y"
     notes: list[str] = field(default_factory=list)  # stale feeds replaced, guard decisions
     diff: list[str] = field(default_factory=list)  # dry run: "SKU (id): old → new"
+    diff_totals: str = ""
     failures: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -91,7 +91,8 @@ class RunSummary:
         out.append(f"Read {self.rows_read} row(s) from {len(self.warehouses)} warehouse(s):")
         for w in self.warehouses:
             out.append(
-                f"  {w.name:<16} {w.rows:>9} rows {w.skus:>8} SKUs  {w.seconds:6.2f}s  "
+                f"  {w.name:<16} {w.rows:>9} rows {w.skus:>8} SKUs {_size(w.bytes):>9} "
+                f"{w.seconds:6.2f}s  "
                 f"{w.source} (modified {w.modified_at})"
             )
         if self.rows_flagged:
@@ -104,8 +105,6 @@ class RunSummary:
         out.append("Products:")
         out += [f"  {status:<48} {n:>9}" for status, n in self.products.items() if n]
         delta = "full run: every product sent" if self.full else f"{self.unchanged} unchanged"
-        if self.platform_differs:
-            delta += f", {self.platform_differs} re-sent: the platform differed"
         out.append(f"  {'(of those to send) ' + delta:<48}")
         out += [f"Note: {note}" for note in self.notes]
         if self.dry_run:
@@ -113,6 +112,7 @@ class RunSummary:
             if self.diff:
                 out.append(f"Biggest changes (first {len(self.diff)}; old → new):")
                 out += [f"  {line}" for line in self.diff]
+                out.append(f"  {self.diff_totals}")
         else:
             out.append(
                 f"Sent {self.products_sent} of {self.to_send} product(s): "
@@ -144,7 +144,7 @@ def summarize(
     outcome: LoadOutcome | None,
     *,
     chunk_size: int,
-    drift: pl.DataFrame | None,
+    drift: pl.DataFrame | str | None,
     notes: list[str],
     breaker: Breaker,
     diff_lines_shown: int = 20,
@@ -173,7 +173,6 @@ def summarize(
         products=plan.counts(),
         to_send=changes.to_send.height,
         unchanged=changes.unchanged,
-        platform_differs=changes.platform_differs,
         full=changes.full,
         chunks=-(-changes.to_send.height // chunk_size),
         notes=list(notes),
@@ -186,7 +185,14 @@ def summarize(
         )
     if dry_run:
         summary.diff = diff_lines(changes.to_send, diff_lines_shown)
-    if drift is not None:
+        before = changes.to_send["previous"].fill_null(0).sum()
+        summary.diff_totals = (
+            f"{changes.to_send.height} product(s) change; their units go from {before} to "
+            f"{changes.to_send['quantity'].sum()}"
+        )
+    if isinstance(drift, str):
+        summary.notes.append(drift)
+    elif drift is not None:
         summary.drifted = [
             f"{sku} ({pid}): pushed {pushed}, platform has {'nothing' if now is None else now}"
             for pid, sku, pushed, now in drift.iter_rows()
@@ -200,17 +206,42 @@ def summarize(
         summary.requests = outcome.requests
         summary.rejected = outcome.rejected
         summary.failures = [
-            f"chunk {f.label} after {f.attempts} attempt(s): {f.error}" for f in outcome.failed
+            f"chunk {f.label} after {f.attempts} attempt(s): {f.error}; did not land: "
+            + _some_skus(f.products["vendorSku"])
+            for f in outcome.failed
         ]
     return summary
 
 
+def _size(count: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def _some_skus(skus: pl.Series, shown: int = 5) -> str:
+    listed = ", ".join(str(s) for s in skus.head(shown))
+    return listed + (f" (+{skus.len() - shown} more)" if skus.len() > shown else "")
+
+
 def write_files(
-    summary: RunSummary, checked: CheckedRows, outcome: LoadOutcome | None, folder: str
+    summary: RunSummary,
+    checked: CheckedRows,
+    changes: Changes,
+    outcome: LoadOutcome | None,
+    folder: str,
 ) -> None:
-    """The quarantine CSV (every flagged row and why) and the not-landed CSV, when non-empty."""
+    """The quarantine CSV (every flagged row and why), the not-landed CSV, the dry-run diff."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     base = Path(folder)
+    if summary.dry_run and changes.to_send.height:
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"{stamp}-{summary.run}-dry-run-diff.csv"
+        changes.to_send.rename({"previous": "old", "quantity": "new"}).select(
+            "vendorSku", "id", "old", "new"
+        ).write_csv(path)
+        summary.files["What would change"] = str(path)
     if checked.flagged.height:
         base.mkdir(parents=True, exist_ok=True)
         path = base / f"{stamp}-{summary.run}-quarantine.csv"

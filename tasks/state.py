@@ -8,6 +8,7 @@ written to a temporary file, fsynced, then renamed over the old one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -89,6 +90,17 @@ class StateStore:
                 rows,
             )
             db.execute("COMMIT")
+
+    def landed_in_run(self, product_ids: Iterable[str], run: str) -> set[str]:
+        """Which of these products this run has already recorded as landed."""
+        ids = json.dumps(list(product_ids))
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT product_id FROM pushed WHERE run = ? AND product_id IN "
+                "(SELECT value FROM json_each(?))",
+                (run, ids),
+            ).fetchall()
+        return {pid for (pid,) in rows}
 
     def forget(self, product_ids: Iterable[str]) -> None:
         """Drop what we believe was pushed, so the next run sends these products again."""

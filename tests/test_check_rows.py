@@ -163,3 +163,11 @@ def test_payload_suite_passes_a_good_payload():
 def test_payload_suite_stops_a_bad_payload(ids, quantities, reason):
     with pytest.raises(PayloadInvalid, match=reason):
         check_payload(payload(ids, quantities), PAYLOAD_CATALOG)
+
+
+def test_payload_suite_stops_a_missing_id_and_a_fractional_quantity():
+    with pytest.raises(PayloadInvalid, match="missing product id"):
+        check_payload(payload([None, "a"], [1, 1]), PAYLOAD_CATALOG)
+    fractional = pl.DataFrame({"id": ["a"], "vendorSku": ["A"], "quantity": [1.5]})
+    with pytest.raises(PayloadInvalid, match="quantity is not an integer"):
+        check_payload(fractional, PAYLOAD_CATALOG)

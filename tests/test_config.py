@@ -119,3 +119,29 @@ def test_token_from_a_prefect_secret_block(tmp_path, prefect_api):
     missing = settings.lightspeed.model_copy(update={"token_secret": "no-such-block"})
     with pytest.raises(ConfigError, match="cannot load Prefect Secret block 'no-such-block'"):
         resolve_token(missing, environ={})
+
+
+def test_catalog_file_must_have_every_column_and_be_utf8(tmp_path):
+    from tasks.catalog import CatalogError, catalog_from_csv
+
+    good = tmp_path / "good.csv"
+    good.write_bytes(
+        b"\xef\xbb\xbfvendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\r\n"
+        b"A,a1,[true],\r\nB,b1,false,true\r\nC,c1,,\r\n"
+    )
+    frame = catalog_from_csv(str(good))
+    assert frame.select("id", "tracked", "backorder").rows() == [
+        ("a1", True, False), ("b1", False, True), ("c1", False, False)
+    ]
+    misspelt = tmp_path / "misspelt.csv"
+    misspelt.write_text("vendorSku,id,isInventoryTracking,isBackorderingEnabled\nA,a1,true,false\n")
+    with pytest.raises(CatalogError, match="missing column\\(s\\) isInventoryTrackingEnabled"):
+        catalog_from_csv(str(misspelt))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\nÜBER,u1,true,false\n".encode("cp1252"))
+    with pytest.raises(CatalogError, match="line 2 is not valid UTF-8"):
+        catalog_from_csv(str(latin))
+    bad_flag = tmp_path / "flag.csv"
+    bad_flag.write_text("vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\nA,a1,yes,false\n")
+    with pytest.raises(CatalogError, match="line 2, column isInventoryTrackingEnabled: not a boolean"):
+        catalog_from_csv(str(bad_flag))

@@ -111,6 +111,8 @@ def test_sigkill_mid_load_loses_nothing(tmp_path, sandbox, write_config, prefect
     held = sandbox.quantities()
     assert all(held[i] == q for i, q in recorded.items())  # the state never claims too much
     assert set(recorded) <= landed_before
+    assert recorded  # committed per chunk, not at the end of the run
+    assert len(landed_before - set(recorded)) <= 2 * 2  # at most the chunks in flight
 
     sandbox.reset()  # no more latency; the request log starts afresh
     state, summary = run(config)
@@ -150,7 +152,7 @@ def test_feed_older_than_the_last_good_one_is_refused_or_replaced(tmp_path, sand
     state, summary = run(fallback)
     assert state.is_completed(), summary
     assert sandbox.quantities()[pid("A")] == 5  # the last good feed, not the stale 999
-    assert any("used the last good feed instead" in note for note in summary.notes)
+    assert any("used its last good feed instead" in note for note in summary.notes)
 
 
 def test_feed_age_can_come_from_a_timestamp_column(tmp_path, sandbox, write_config):
@@ -268,18 +270,68 @@ def eval_table(data) -> list[dict]:
     return json.loads(data) if isinstance(data, str) else data
 
 
-def test_a_product_changed_on_the_platform_is_resent(six, sandbox, write_config):
-    import httpx
-
-    run(six)
-    httpx.put(
-        f"{sandbox.url}/inventory",
-        json={"products": [{"id": pid("S2"), "quantity": 999}]},
-        headers={"Authorization": "Bearer test-token"},
-    ).raise_for_status()
-    mark = len(sandbox.requests())
-    state, summary = run(six)
+def test_last_good_feed_is_not_used_when_it_is_too_old_itself(tmp_path, sandbox, write_config):
+    sandbox.reset(products=[product("A")])
+    now = time.time()
+    write_feed(tmp_path / "east.csv", {"A": 5}, mtime=now - 2 * 3600)
+    state, _ = run(write_config(csv_warehouse("east", "east.csv")))
     assert state.is_completed()
-    assert sent_ids(sandbox, mark) == {pid("S2")}
-    assert (summary.unchanged, summary.platform_differs) == (5, 1)
-    assert sandbox.quantities()[pid("S2")] == 12
+    # the export stopped updating: the last good feed is the same two-hour-old file
+    config = write_config(
+        csv_warehouse("east", "east.csv", max_age="1h", on_stale="use_last_good"), name="b.toml"
+    )
+    state, result = run(config)
+    assert isinstance(result, StaleFeeds)
+    assert "the last good feed is stale too" in str(result)
+
+
+def test_a_failed_read_back_is_a_note_not_a_failed_run(tmp_path, sandbox, write_config):
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(
+        "vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\n"
+        + "".join(f"S{i},{pid(f'S{i}')},true,false\n" for i in range(3))
+    )
+    sandbox.reset(products=[product(f"S{i}") for i in range(3)])
+    write_feed(tmp_path / "east.csv", {f"S{i}": i + 1 for i in range(3)})
+    config = write_config(
+        csv_warehouse("east", "east.csv"),
+        lightspeed="retries = 1",
+        catalog=f'source = "file"\npath = "{catalog.name}"',
+    )
+    sandbox.add_fault(Fault(method="GET", path="/products", status=503, times=100))
+    state, summary = run(config)
+    assert state.is_completed(), summary
+    assert sandbox.quantities() == {pid(f"S{i}"): i + 1 for i in range(3)}
+    assert any(n.startswith("read-back failed, drift not checked this run") for n in summary.notes)
+    assert len([r for r in sandbox.requests() if r.method == "GET"]) == 2  # tried, retried once
+
+
+def test_a_retry_after_a_split_resends_only_what_did_not_land(tmp_path, sandbox, write_config):
+    sandbox.reset(products=[product(f"S{i}") for i in range(4)])
+    write_feed(tmp_path / "east.csv", {f"S{i}": 10 + i for i in range(4)})
+    config = write_config(
+        csv_warehouse("east", "east.csv"), lightspeed="chunk_size = 4\nretries = 1"
+    )
+    sandbox.add_fault(Fault(status=413, times=1))  # the whole chunk is too big: halves
+    sandbox.add_fault(
+        Fault(status=503, times=100, if_contains_id=pid("S2"))
+    )  # then S2's half fails
+    state, result = run(config)
+    assert state.is_failed()
+    assert sum(1 for r in puts(sandbox) if pid("S0") in r.product_ids and r.status == 200) == 1
+    assert [r.product_ids for r in puts(sandbox) if r.status == 503][-1] == (pid("S2"), pid("S3"))
+    assert result.summary.products_not_landed == 2  # S0 and S1 landed before the failure
+    assert "did not land: S2, S3" in result.summary.failures[0]
+    assert sandbox.quantities()[pid("S1")] == 11
+
+
+def test_422_for_everything_is_not_blamed_on_the_items(tmp_path, sandbox, write_config):
+    sandbox.reset(products=[product(f"S{i}") for i in range(4)])
+    write_feed(tmp_path / "east.csv", {f"S{i}": 1 for i in range(4)})
+    config = write_config(csv_warehouse("east", "east.csv"), lightspeed="chunk_size = 4")
+    sandbox.add_fault(Fault(status=422, times=1000))
+    state, result = run(config)
+    assert state.is_failed()
+    assert "not an item problem" in result.summary.failures[0]
+    assert result.summary.rejected == {}
+    assert result.summary.products_not_landed == 4

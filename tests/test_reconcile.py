@@ -196,7 +196,7 @@ def test_quantities_are_never_negative_and_match_a_plain_sum(quantities, safety)
                 max(per[i] - safety, 0) for i, wh in enumerate(("e", "w")) if wh in listed
             )
     assert dict(stock.iter_rows()) == expected
-    assert all(v >= 0 for v in expected.values())
+    assert (stock["available"] >= 0).all()
 
 
 @given(n=st.integers(0, 2000), size=st.integers(1, 700))

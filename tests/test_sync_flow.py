@@ -135,7 +135,8 @@ def test_422_rejected_product_is_quarantined_and_the_rest_lands(tmp_path, sandbo
     catalog = tmp_path / "catalog.csv"
     ids = [(f"S{i}", pid(f"S{i}")) for i in range(6)]
     catalog.write_text(
-        "vendorSku,id,isInventoryTrackingEnabled\n" + "".join(f"{s},{i},true\n" for s, i in ids)
+        "vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\n"
+        + "".join(f"{s},{i},true,\n" for s, i in ids)
     )
     sandbox.reset(products=[product(f"S{i}") for i in range(6) if i != 3])
     feed(tmp_path / "east.csv", *[(f"S{i}", 10 + i) for i in range(6)])
@@ -225,8 +226,8 @@ def test_wrong_token_fails_fast_without_a_retry_storm(tmp_path, sandbox, write_c
 def test_wrong_token_on_put_stops_further_chunks(tmp_path, sandbox, write_config, monkeypatch):
     catalog = tmp_path / "catalog.csv"
     catalog.write_text(
-        "vendorSku,id,isInventoryTrackingEnabled\n"
-        + "".join(f"S{i},{pid(f'S{i}')},true\n" for i in range(20))
+        "vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\n"
+        + "".join(f"S{i},{pid(f'S{i}')},true,false\n" for i in range(20))
     )
     sandbox.reset(products=[product(f"S{i}") for i in range(20)])
     feed(tmp_path / "east.csv", *[(f"S{i}", 1) for i in range(20)])
@@ -305,16 +306,27 @@ def test_the_ui_gets_artifacts_and_one_task_run_per_chunk(
     assert all(t.state.is_completed() for t in chunks.values())
 
 
-def test_run_options_narrow_warehouses_and_override_chunk_size(tmp_path, sandbox, write_config):
-    sandbox.reset(products=[product("E", quantity=1), product("W", quantity=5)])
-    feed(tmp_path / "east.csv", ("E", 3))
-    feed(tmp_path / "west.csv", ("W", 9))
+def test_a_run_over_some_warehouses_counts_the_others_last_good_feed(
+    tmp_path, sandbox, write_config
+):
+    sandbox.reset(products=[product("E"), product("W"), product("B")])
     config = write_config(csv_warehouse("east", "east.csv") + csv_warehouse("west", "west.csv"))
+    feed(tmp_path / "east.csv", ("E", 3), ("B", 1))
+    feed(tmp_path / "west.csv", ("W", 9), ("B", 2))
+    state, result = run(config, warehouses=["east"])
+    assert state.is_failed() and "warehouse 'west': not read in this run" in str(result)
+    assert "no last good feed yet" in str(result)
+
+    state, _ = run(config)  # a full run records every warehouse's last good feed
+    assert sandbox.quantities() == {pid("E"): 3, pid("W"): 9, pid("B"): 3}
+    feed(tmp_path / "east.csv", ("E", 4), ("B", 5))
+    feed(tmp_path / "west.csv", ("W", 0), ("B", 0))  # not read by the next run
     state, summary = run(config, warehouses=["east"], chunk_size=1)
-    assert state.is_completed()
-    # west is not read in this run, so W is left alone rather than zeroed as absent
-    assert sandbox.quantities() == {pid("E"): 3, pid("W"): 5}
-    assert [w.name for w in summary.warehouses] == ["east"]
+    assert state.is_completed(), summary
+    # B is east's 5 plus west's last good 2, never east's partial sum alone; W is untouched
+    assert sandbox.quantities() == {pid("E"): 4, pid("W"): 9, pid("B"): 7}
+    assert any(note.startswith("west: not read in this run") for note in summary.notes)
+    assert summary.chunks == 2  # E and B changed, one product per chunk
     state, result = run(config, warehouses=["nowhere"])
     assert state.is_failed() and "no warehouse named 'nowhere'" in str(result)
 
