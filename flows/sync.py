@@ -75,42 +75,42 @@ def inventory_sync(
     settings = apply_run_options(load_settings(config_path), chunk_size)
     api = settings.lightspeed
     token = resolve_token(api)
-    store = StateStore(settings.state.dir)
+    with StateStore(settings.state.dir).exclusive(run) as store:  # no two runs overlap
+        catalog_future = read_catalog_task.with_options(**retry_policy(api)).submit(
+            settings.catalog, api, token
+        )
+        extracted = extract_all(select_warehouses(settings, warehouses))
+        extracted, stale_notes = guard_feed_ages(
+            extracted, settings.warehouses, store, datetime.now(UTC)
+        )
+        catalog = catalog_future.result()
+        logger.info("catalog: %d product(s) from %s", catalog.height, settings.catalog.source)
 
-    catalog_future = read_catalog_task.with_options(**retry_policy(api)).submit(
-        settings.catalog, api, token
-    )
-    extracted = extract_all(select_warehouses(settings, warehouses))
-    extracted, stale_notes = guard_feed_ages(
-        extracted, settings.warehouses, store, datetime.now(UTC)
-    )
-    catalog = catalog_future.result()
-    logger.info("catalog: %d product(s) from %s", catalog.height, settings.catalog.source)
+        checked = check_rows_task(extracted.rows(), catalog)
+        plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
+        check_payload_task(plan.payload, catalog)
+        changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)
+        breaker = measure_breaker(changes.all, settings.guards)
+        if breaker.tripped and not (dry_run or approve_large_changes):
+            ask_for_approval(breaker, settings.guards.approval_timeout_seconds)
 
-    checked = check_rows_task(extracted.rows(), catalog)
-    plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
-    check_payload_task(plan.payload, catalog)
-    changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)
-    breaker = measure_breaker(changes.all, settings.guards)
-    if breaker.tripped and not (dry_run or approve_large_changes):
-        ask_for_approval(breaker, settings.guards.approval_timeout_seconds)
+        outcome = drift = None
+        if not dry_run:
+            outcome = load(changes.to_send, api, token, settings.state.dir, run_id)
+            if settings.guards.read_back:
+                drift = read_back(changes.to_send, outcome, api, token, store)
 
-    outcome = drift = None
-    if not dry_run:
-        outcome = load(changes.to_send, api, token, settings.state.dir, run_id)
-        if settings.guards.read_back:
-            drift = read_back(changes.to_send, outcome, api, token, store)
-
-    summary = summarize(
-        run, dry_run, extracted, checked, plan, changes, outcome,
-        chunk_size=api.chunk_size, drift=drift, notes=stale_notes, breaker=breaker,
-    )  # fmt: skip
-    write_files(summary, checked, changes, outcome, settings.report.dir)
-    publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
-    logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
-    if not summary.ok:
-        raise SyncFailed(summary)
-    if not dry_run:
-        store.record_good_feeds(extracted.feeds, run)
-        archive_processed(extracted, settings.warehouses)
-    return summary
+        summary = summarize(
+            run, dry_run, extracted, checked, plan, changes, outcome,
+            chunk_size=api.chunk_size, drift=drift, notes=stale_notes, breaker=breaker,
+        )  # fmt: skip
+        write_files(summary, checked, changes, outcome, settings.report.dir)
+        publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
+        logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
+        if outcome is not None and (summary.ok or outcome.products_sent):
+            store.record_good_feeds(extracted.feeds, run)  # their data is (partly) on the platform
+        if not summary.ok:
+            raise SyncFailed(summary)
+        if outcome is not None:
+            archive_processed(extracted, settings.warehouses)
+        return summary

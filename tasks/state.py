@@ -7,6 +7,7 @@ written to a temporary file, fsynced, then renamed over the old one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +41,10 @@ CREATE TABLE IF NOT EXISTS feeds (
 LAST_PUSHED_SCHEMA = {"id": pl.String, "last_quantity": pl.Int64}
 
 
+class StateBusy(Exception):
+    """Another run holds the state store's lock."""
+
+
 @dataclass(frozen=True)
 class FeedMark:
     """The feed a warehouse supplied to the last successful run."""
@@ -70,6 +75,29 @@ class StateStore:
             yield db
         finally:
             db.close()
+
+    @contextmanager
+    def exclusive(self, run: str) -> Iterator[StateStore]:
+        """Hold the store's lock for a whole run; a second run on the same store fails at once."""
+        lock_path = self.folder / "run.lock"
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise StateBusy(
+                    f"state {self.folder} is in use by {holder}; two syncs of the same state "
+                    "must not overlap (this run sent nothing)"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"run {run} (pid {os.getpid()}, since {_now()})")
+            handle.flush()
+            yield self
+        finally:
+            handle.close()  # closing releases the lock, as does the process dying
 
     def last_pushed(self) -> pl.DataFrame:
         """id, last_quantity: every product this store has seen land."""

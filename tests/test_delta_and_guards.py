@@ -335,3 +335,15 @@ def test_422_for_everything_is_not_blamed_on_the_items(tmp_path, sandbox, write_
     assert "not an item problem" in result.summary.failures[0]
     assert result.summary.rejected == {}
     assert result.summary.products_not_landed == 4
+
+
+def test_two_runs_on_the_same_state_never_overlap(six, sandbox, tmp_path):
+    from tasks.state import StateBusy
+
+    with StateStore(tmp_path / "state").exclusive("the-other-run"):
+        state, result = run(six)
+    assert isinstance(result, StateBusy)
+    assert "in use by run the-other-run (pid" in str(result)
+    assert puts(sandbox) == []
+    state, _ = run(six)  # the lock went with the other run
+    assert state.is_completed()
