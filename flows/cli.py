@@ -97,7 +97,7 @@ def sandbox(
 def demo(
     folder: Path = typer.Option(Path("demo"), "--dir", help="where the demo config and feeds live"),
 ) -> None:
-    """Write demo feeds for three warehouses, serve the sandbox, sync once, check the result."""
+    """Write demo feeds for four warehouses, serve the sandbox, sync once, check the result."""
     from sandbox.demo import run_demo
 
     raise typer.Exit(run_demo(folder))

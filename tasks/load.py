@@ -1,4 +1,4 @@
-"""Stage 5: chunked PUT /inventory, one Prefect task run per chunk, retried only when it can help."""
+"""Stage 6: chunked PUT /inventory, one Prefect task run per chunk, retried only when it can help."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 4b: compare the payload with what was last pushed, and send only what changed."""
+"""Stage 5: compare the payload with what was last pushed, and send only what changed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 6: what a user sees: the summary (CLI and Prefect artifact), quarantine table and CSVs."""
+"""Stage 8: what a user sees: the summary (CLI and Prefect artifact), quarantine table and CSVs."""
 
 from __future__ import annotations
 
