@@ -12,11 +12,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import task_run as this_task_run
-from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
 from tasks.config import RemoteWarehouse, SftpWarehouse, Warehouse, resolve_secrets
 from tasks.feeds import FEED_SCHEMA, Feed, WarehouseUnavailable, WarehouseUnreadable
+from tasks.retries import retry_options
 from tasks.warehouse_files import read_csv_feed, read_parquet_feed
 from tasks.warehouse_http import read_http_feed
 from tasks.warehouse_sftp import SftpFeed, archive_sftp_file, read_sftp_feed
@@ -76,24 +76,7 @@ def extract_options(warehouse: Warehouse) -> dict[str, Any]:
     """Task options per warehouse: files are read once; remote kinds retry what may pass."""
     if not isinstance(warehouse, RemoteWarehouse) or warehouse.retries == 0:
         return {"retries": 0}
-    backoff = warehouse.retry_backoff_seconds
-    return {
-        "retries": warehouse.retries,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=backoff) if backoff > 0 else 0,
-        "retry_jitter_factor": 0.5 if backoff > 0 else None,
-        "retry_condition_fn": retry_only_unavailable,
-    }
-
-
-def retry_only_unavailable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry WarehouseUnavailable, never a config error or a bug."""
-    try:
-        state.result()
-    except WarehouseUnavailable:
-        return True
-    except BaseException:
-        return False
-    return False
+    return retry_options(warehouse.retries, warehouse.retry_backoff_seconds, WarehouseUnavailable)
 
 
 def extract_all(

@@ -15,10 +15,10 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
 from tasks.config import LightspeedSettings
+from tasks.retries import retry_options
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "inventory-sync/0.1"
@@ -183,26 +183,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def retry_policy(settings: LightspeedSettings) -> dict[str, Any]:
-    """Prefect task options: exponential backoff with jitter, and only for retryable errors."""
-    return {
-        "retries": settings.retries,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=settings.retry_backoff_seconds)
-        if settings.retry_backoff_seconds > 0
-        else 0,
-        "retry_jitter_factor": 0.5 if settings.retry_backoff_seconds > 0 else None,
-        "retry_condition_fn": retry_only_transient,
-    }
-
-
-def retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry a RetryableError, never a FatalError or a bug."""
-    try:
-        state.result()
-    except RetryableError:
-        return True
-    except BaseException:
-        return False
-    return False
+    """Prefect task options for an API call: retry a RetryableError, never a FatalError or a bug."""
+    return retry_options(settings.retries, settings.retry_backoff_seconds, RetryableError)
 
 
 _clients: dict[tuple[str, LightspeedSettings, str], LightspeedClient] = {}
