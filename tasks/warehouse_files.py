@@ -76,6 +76,8 @@ def _as_utf8(warehouse: str, source: str, data: bytes, encoding: str) -> bytes:
     """UTF-8 without a byte-order mark, decoding other encodings first."""
     if encoding in ("utf-8", "utf-8-sig"):
         data = data.removeprefix(UTF8_BOM)
+        if data.isascii():  # valid UTF-8 as it is; decoding would copy the whole file
+            return data
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
