@@ -35,7 +35,7 @@ def parse_rows(rows: pl.DataFrame, catalog_skus: pl.Series) -> pl.DataFrame:
     """
     sku = pl.col("sku_text").str.strip_chars()
     text = pl.col("quantity_text").str.strip_chars()
-    digits = pl.col("quantity_trimmed").str.replace(r"\.0+$", "").str.strip_prefix("+")
+    digits = pl.col("digits")
     return (
         rows.with_columns(
             pl.when(sku != "").then(sku).alias("sku"),
@@ -48,9 +48,10 @@ def parse_rows(rows: pl.DataFrame, catalog_skus: pl.Series) -> pl.DataFrame:
         )
         .with_columns(
             pl.when(pl.col("quantity_is_integer"))
-            .then(digits.cast(pl.Float64, strict=False))
-            .alias("quantity_number"),
+            .then(pl.col("quantity_trimmed").str.replace(r"\.0+$", "").str.strip_prefix("+"))
+            .alias("digits")
         )
+        .with_columns(digits.cast(pl.Float64, strict=False).alias("quantity_number"))
         .with_columns(
             pl.when(pl.col("quantity_number").abs() <= MAX_QUANTITY)
             .then(digits.cast(pl.Int64, strict=False))
@@ -62,6 +63,7 @@ def parse_rows(rows: pl.DataFrame, catalog_skus: pl.Series) -> pl.DataFrame:
             .fill_null(True)
             .alias("sku_in_catalog"),
         )
+        .drop("quantity_trimmed", "digits")  # millions of strings no later step reads
     )
 
 
