@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,12 @@ def run_pipeline(dataset: data.Dataset, payload_out: Path | None = None) -> dict
 
     settings = warehouses(dataset)
     seconds: dict[str, float] = {}
+    peak_gb: dict[str, float] = {}
+
+    def peak(stage: str) -> None:
+        peak_gb[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+    peak("imports")
     started = time.perf_counter()
 
     def timed_catalog() -> pl.DataFrame:
@@ -72,24 +79,29 @@ def run_pipeline(dataset: data.Dataset, payload_out: Path | None = None) -> dict
         seconds["read feeds"] = time.perf_counter() - started
         catalog = catalog_future.result()
     seconds["read (feeds and catalog)"] = time.perf_counter() - started
+    peak("read (feeds and catalog)")
     mark = time.perf_counter()
     rows = Extracted(feeds, {}).rows()
     checked = check_rows(rows, catalog)
     seconds["check rows (polars + GX)"] = time.perf_counter() - mark
+    peak("check rows (polars + GX)")
     mark = time.perf_counter()
     safety = {w.name: w.safety_stock for w in settings}
     plan = reconcile(checked.good, checked.held_skus, catalog, safety, "zero")
     payload = plan.payload
     seconds["reconcile"] = time.perf_counter() - mark
+    peak("reconcile")
     mark = time.perf_counter()
     check_payload(payload, catalog)
     seconds["check payload (GX)"] = time.perf_counter() - mark
+    peak("check payload (GX)")
     total = time.perf_counter() - started
     if payload_out is not None:
         payload.write_parquet(payload_out)
     return {
         "seconds": total,
         "stages": seconds,
+        "peak_gb_after": peak_gb,
         "rows": rows.height,
         "products": catalog.height,
         "payload": payload.height,
