@@ -109,6 +109,8 @@ class RecordedRequest:
     product_ids: tuple[str, ...]
     at: float
     dropped: bool = False
+    bytes_in: int = 0  # the request as received: request line, headers and body
+    bytes_out: int = 0  # the response body (0 when dropped)
 
 
 @dataclass(frozen=True)
@@ -528,9 +530,21 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if isinstance(body, _Reply):
             if not is_control:
-                self.sandbox._record(RecordedRequest(method, self.path, body.status, (), at))
+                self.sandbox._record(
+                    RecordedRequest(
+                        method,
+                        self.path,
+                        body.status,
+                        (),
+                        at,
+                        False,
+                        self._head_bytes(),
+                        len(body.body),
+                    )
+                )
             self._send(body)
             return
+        bytes_in = self._head_bytes() + len(body)
         payload = _decode_json(body) if body else _NO_BODY
         if is_control:
             self._send(self.sandbox._control_reply(method, path, payload))
@@ -540,7 +554,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.delay:
             self.sandbox._stopping.wait(fault.delay)
         if fault is not None and fault.drop == "before":
-            self.sandbox._record(RecordedRequest(method, self.path, 0, product_ids, at, True))
+            self.sandbox._record(
+                RecordedRequest(method, self.path, 0, product_ids, at, True, bytes_in)
+            )
             self._drop()
             return
         if fault is not None and fault.status is not None:
@@ -553,12 +569,26 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.sandbox._public_reply(method, path, target.query, authorization, payload)
         dropped = fault is not None and fault.drop == "after"
         self.sandbox._record(
-            RecordedRequest(method, self.path, reply.status, product_ids, at, dropped)
+            RecordedRequest(
+                method,
+                self.path,
+                reply.status,
+                product_ids,
+                at,
+                dropped,
+                bytes_in,
+                0 if dropped else len(reply.body),
+            )
         )
         if dropped:
             self._drop()
         else:
             self._send(reply)
+
+    def _head_bytes(self) -> int:
+        """Bytes of the request line and headers as received (CRLF line ends)."""
+        lines = [f"{name}: {value}" for name, value in self.headers.items()]
+        return len(self.raw_requestline) + sum(len(line.encode()) + 2 for line in lines) + 2
 
     def _read_body(self) -> bytes | _Reply:
         """The request body, or the reply to send when it can't be read."""
