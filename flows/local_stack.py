@@ -1,0 +1,666 @@
+"""The local stack behind `make run`: Prefect server and UI, sandbox API, deployments, a worker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zoneinfo
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any
+from uuid import UUID
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+DEMO_CONFIG = PROJECT_ROOT / "demo" / "inventory-sync.toml"
+FLOW_NAME = "inventory-sync"
+WORK_POOL = "inventory-sync"
+EVERY_15_MINUTES = "every-15-minutes"
+NIGHTLY_FULL = "nightly-full"
+DEPLOYMENTS = (EVERY_15_MINUTES, NIGHTLY_FULL)
+HOST = "127.0.0.1"
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+UNFINISHED = ("PENDING", "RUNNING", "CANCELLING")
+
+Say = Callable[[str], None]
+
+
+class StackError(Exception):
+    """The local stack cannot start or keep running; the message says why and what to do."""
+
+
+# processes
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A pid with its start time, so a pid the kernel reused is never mistaken for ours."""
+
+    pid: int
+    started: int
+
+
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(parent pid, start time in clock ticks, state letter) from /proc, or None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # the command name may hold spaces and parens
+    return int(fields[1]), int(fields[19]), fields[0]
+
+
+def descendants(pid: int) -> set[ProcessId]:
+    """Every living process below `pid` in the process tree."""
+    children: dict[int, list[ProcessId]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[0], []).append(ProcessId(int(entry.name), stat[1]))
+    found: set[ProcessId] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child.pid)
+    return found
+
+
+def is_running(process: ProcessId) -> bool:
+    """Whether this very process (not a later one with its pid) is alive and not a zombie."""
+    stat = _stat(process.pid)
+    return stat is not None and stat[1] == process.started and stat[2] != "Z"
+
+
+def _kill(process: ProcessId, signum: int) -> None:
+    """Signal a process, and its whole group when it leads one."""
+    if not is_running(process):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """Whether a server could not bind host:port (as uvicorn binds it, with SO_REUSEADDR)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = HOST) -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class ManagedProcess:
+    """A child in its own session, output to a log file; stopping it stops all it started."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log = log
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> ManagedProcess:
+        """Start the command in a new session, so a Ctrl-C meant for us does not reach it."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = self.log.open("wb")
+        self._process = subprocess.Popen(
+            self.argv,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def exit_code(self) -> int | None:
+        """None while it runs, else its exit status."""
+        return None if self._process is None else self._process.poll()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of its log, to show why it stopped."""
+        try:
+            text = self.log.read_text("utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM its group, wait, then SIGKILL whatever it started that is still alive."""
+        process = self._process
+        if process is None:
+            return
+        family = descendants(process.pid)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        # children in sessions of their own (the worker's flow runs) outlive a group kill
+        for member in family:
+            family |= {p for p in descendants(member.pid) if is_running(p)}
+        leftovers = [p for p in family if is_running(p)]
+        for member in leftovers:
+            _kill(member, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while any(is_running(p) for p in leftovers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for member in leftovers:
+            _kill(member, signal.SIGKILL)
+        if self._log_file is not None:
+            self._log_file.close()
+        self._process = None
+
+
+def _executable(name: str) -> str:
+    """A console script of this virtualenv, e.g. `prefect`."""
+    found = Path(sys.executable).with_name(name)
+    return str(found) if found.exists() else name
+
+
+# the Prefect side
+
+
+def prefect_client(api_url: str) -> Any:
+    """A synchronous Prefect client bound to one server, whatever the active profile says."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(api_url)
+
+
+def deployment_url(ui_url: str, deployment_id: UUID) -> str:
+    return f"{ui_url}/deployments/deployment/{deployment_id}"
+
+
+def flow_run_url(ui_url: str, flow_run_id: UUID) -> str:
+    return f"{ui_url}/runs/flow-run/{flow_run_id}"
+
+
+def wait_for_final_state(
+    api_url: str,
+    flow_run_id: UUID,
+    timeout: float,
+    on_change: Callable[[str], None] | None = None,
+) -> Any:
+    """Poll a flow run until its state is final; return the flow run."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    with prefect_client(api_url) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            name = run.state.name if run.state else "no state"
+            if name != seen and on_change is not None:
+                on_change(name)
+            seen = name
+            if run.state is not None and run.state.is_final():
+                return run
+            if time.monotonic() > deadline:
+                raise StackError(f"flow run {run.name} is still {name} after {timeout:.0f} s")
+            time.sleep(0.5)
+
+
+def summary_text(api_url: str, flow_run_id: UUID) -> str | None:
+    """The run's `sync-summary` artifact as plain text, if the run wrote one."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with prefect_client(api_url) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["sync-summary"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    if not found or not isinstance(found[0].data, str):
+        return None
+    return found[0].data.strip().removeprefix("```").removesuffix("```").strip()
+
+
+class LocalStack:
+    """A Prefect server on loopback, the sandbox API, the deployments and a `process` worker."""
+
+    def __init__(
+        self,
+        home: Path,
+        folder: Path,
+        port: int = 4200,
+        sandbox_port: int = 8765,
+        timezone: str = "UTC",
+        worker_poll_seconds: float = 5,
+        say: Say = print,
+        server_env: dict[str, str] | None = None,
+    ) -> None:
+        self.home = home.resolve()
+        self.folder = folder.resolve()
+        self.port = port
+        self.sandbox_port = sandbox_port
+        self.timezone = timezone
+        self.worker_poll_seconds = worker_poll_seconds
+        self.say = say
+        self.ui_url = f"http://{HOST}:{port}"
+        self.api_url = f"{self.ui_url}/api"
+        self.config = self.folder / "inventory-sync.toml"
+        self.deployments: dict[str, UUID] = {}
+        self.catalog: list[dict[str, Any]] = []
+        self.sandbox: Any = None  # sandbox.server.SandboxServer once started
+        self.server = ManagedProcess(
+            "Prefect server",
+            [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
+            self._env(PREFECT_UI_API_URL=self.api_url, **(server_env or {})),
+            self.home / "server.log",
+        )
+        self.worker: ManagedProcess | None = None
+        self.server_seconds = 0.0
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        """The environment of every child: this project's Prefect home and server, no telemetry."""
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("PREFECT_API_KEY", "PREFECT_PROFILE")
+        }
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            GX_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="1",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def check(self) -> None:
+        """Fail before starting anything when a port is taken or the timezone is unknown."""
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise StackError(
+                f"unknown timezone {self.timezone!r}: use an IANA name such as Europe/Amsterdam"
+            ) from None
+        if port_in_use(self.port):
+            raise StackError(
+                f"port {self.port} on {HOST} is already in use, so the Prefect server and its UI "
+                "cannot start there. Another `make run` or Prefect server may be running: stop "
+                f"it (`ss -ltnp 'sport = :{self.port}'` shows which process holds the port), or "
+                "pick another port: `make run PORT=4300`."
+            )
+        if self.sandbox_port and port_in_use(self.sandbox_port):
+            raise StackError(
+                f"port {self.sandbox_port} on {HOST} is already in use, so the sandbox API cannot "
+                "start there: stop what holds it, or pass --sandbox-port 0 for any free port."
+            )
+
+    def start(self) -> LocalStack:
+        """Start everything in order; each step waits until the previous one answers."""
+        from sandbox.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, write_demo
+        from sandbox.server import SandboxServer
+
+        self.check()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.catalog = write_demo(self.folder)
+        if not self.config.exists():
+            shutil.copyfile(DEMO_CONFIG, self.config)
+        self.sandbox = SandboxServer(
+            products=self.catalog, token=DEMO_TOKEN, port=self.sandbox_port
+        ).start()
+        self.say(f"Sandbox Lightspeed API on {self.sandbox.url} ({len(self.catalog)} products)")
+
+        began = time.monotonic()
+        self.server.start()
+        self._wait_for_server(timeout=180)
+        self.server_seconds = time.monotonic() - began
+        self.say(f"Prefect server on {self.ui_url} (answered after {self.server_seconds:.1f} s)")
+
+        self._create_work_pool()
+        self._deploy()
+        self.worker = ManagedProcess(
+            "Prefect worker",
+            [
+                _executable("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                WORK_POOL,
+                "--type",
+                "process",
+                "--name",
+                "local-worker",
+            ],
+            self._env(
+                LIGHTSPEED_BASE_URL=self.sandbox.url,
+                LIGHTSPEED_TOKEN=DEMO_TOKEN,  # the sandbox's token, never a real one
+                **{SOUTH_DB_URL_ENV: f"sqlite:///{self.folder / 'feeds' / 'south.sqlite'}"},
+                PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_seconds),
+            ),
+            self.home / "worker.log",
+        ).start()
+        self._wait_for_worker(timeout=120)
+        self.say(f"Worker polling work pool {WORK_POOL!r} (log: {self.worker.log})")
+        return self
+
+    def _wait_for_server(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.exit_code() is not None:
+                raise StackError(
+                    f"the Prefect server exited with status {self.server.exit_code()}; the end "
+                    f"of {self.server.log}:\n{self.server.log_tail()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.25)
+        raise StackError(f"the Prefect server did not answer within {timeout:.0f} s")
+
+    def _create_work_pool(self) -> None:
+        """A `process` pool that runs one sync at a time, whichever deployment it comes from."""
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.workers.process import ProcessWorker
+
+        pool = WorkPoolCreate(
+            name=WORK_POOL,
+            type="process",
+            description="Runs inventory-sync flow runs as local processes, one at a time.",
+            base_job_template=ProcessWorker.get_default_base_job_template(),
+            concurrency_limit=1,
+        )
+        with prefect_client(self.api_url) as client:
+            client.create_work_pool(pool, overwrite=True)
+            self._crash_orphans(client)
+
+    def _crash_orphans(self, client: Any) -> None:
+        """Runs a previous local stack left running can never finish: mark them Crashed."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            WorkPoolFilter,
+            WorkPoolFilterName,
+        )
+        from prefect.states import Crashed
+
+        orphans = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(UNFINISHED)))
+            ),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[WORK_POOL])),
+        )
+        for run in orphans:
+            client.set_flow_run_state(
+                run.id,
+                Crashed(message="the local stack stopped while this run was in flight"),
+                force=True,
+            )
+            self.say(
+                f"Marked flow run {run.name}, left {run.state.name} by an earlier stack, as Crashed"
+            )
+
+    def _deploy(self) -> None:
+        """`prefect deploy --all` with deployments/prefect.yaml, as a user would run it."""
+        result = subprocess.run(
+            [
+                _executable("prefect"),
+                "--no-prompt",
+                "deploy",
+                "--all",
+                "--prefect-file",
+                str(PREFECT_FILE),
+            ],
+            cwd=PROJECT_ROOT,
+            env=self._env(
+                INVENTORY_SYNC_CONFIG=str(self.config), INVENTORY_SYNC_TIMEZONE=self.timezone
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip().splitlines()
+            raise StackError("prefect deploy failed:\n" + "\n".join(output[-30:]))
+        with prefect_client(self.api_url) as client:
+            for name in DEPLOYMENTS:
+                deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+                self.deployments[name] = deployment.id
+        self.say(
+            f"Deployments {', '.join(DEPLOYMENTS)} registered from "
+            f"{PREFECT_FILE.relative_to(PROJECT_ROOT)} (timezone {self.timezone})"
+        )
+
+    def _wait_for_worker(self, timeout: float) -> None:
+        """Until the worker has said hello to the server (the pool turns Ready)."""
+        assert self.worker is not None
+        deadline = time.monotonic() + timeout
+        with prefect_client(self.api_url) as client:
+            while time.monotonic() < deadline:
+                if self.worker.exit_code() is not None:
+                    raise StackError(
+                        f"the Prefect worker exited with status {self.worker.exit_code()}; the "
+                        f"end of {self.worker.log}:\n{self.worker.log_tail()}"
+                    )
+                if client.read_workers_for_work_pool(WORK_POOL):
+                    return
+                time.sleep(0.25)
+        raise StackError(f"the Prefect worker did not reach the server within {timeout:.0f} s")
+
+    def trigger(self, deployment: str = EVERY_15_MINUTES, **parameters: Any) -> UUID:
+        """Start a run of a deployment the way the UI's Run button does; return its id."""
+        with prefect_client(self.api_url) as client:
+            run = client.create_flow_run_from_deployment(
+                self.deployments[deployment], parameters=parameters or None
+            )
+        return UUID(str(run.id))
+
+    def dead_process(self) -> ManagedProcess | None:
+        """The server or worker if it has exited on its own."""
+        for process in (self.server, self.worker):
+            if process is not None and process.exit_code() is not None:
+                return process
+        return None
+
+    def stop(self) -> None:
+        """Stop the worker (and its flow runs), then the server, then the sandbox."""
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (
+                signal.SIGINT,
+                signal.SIGTERM,
+            ):  # a second Ctrl-C must not cut this short
+                previous[signum] = signal.signal(signum, signal.SIG_IGN)
+        try:
+            if self.worker is not None:
+                self.worker.stop()
+            self.server.stop()
+            if self.sandbox is not None:
+                self.sandbox.stop()
+                self.sandbox = None
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+# the `inventory-sync local-stack` command
+
+
+def _stop_on(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local_stack(home: Path, folder: Path, port: int, sandbox_port: int, timezone: str) -> int:
+    """Start the stack, run one sync, say where to look, then watch runs until Ctrl-C."""
+    stack = LocalStack(home, folder, port, sandbox_port, timezone)
+    if threading.current_thread() is threading.main_thread():
+        # SIGINT too: a shell starts background commands with it ignored
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _stop_on)
+    try:
+        stack.check()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with stack:
+            _first_run(stack)
+            _watch(stack)
+    except KeyboardInterrupt:
+        left = descendants(os.getpid())
+        ports = [p for p in (port, sandbox_port) if p and port_in_use(p)]
+        if left or ports:
+            print(f"error: still running: pids {sorted(p.pid for p in left)}, ports {ports}")
+            return 1
+        print(
+            "Stopped: the worker, the Prefect server and the sandbox; no process or port is left."
+        )
+        return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 1
+
+
+def _first_run(stack: LocalStack) -> None:
+    """Trigger one run now, follow it to the end, and print what it did."""
+    from sandbox.demo import expected_quantities
+
+    run_id = stack.trigger()
+    print(
+        f"Triggered a run of {FLOW_NAME}/{EVERY_15_MINUTES}: {flow_run_url(stack.ui_url, run_id)}"
+    )
+    began = time.monotonic()
+    run = wait_for_final_state(
+        stack.api_url, run_id, timeout=600, on_change=lambda state: print(f"  … {state}")
+    )
+    print(f"Run {run.name} ended {run.state.name} after {time.monotonic() - began:.1f} s.")
+    summary = summary_text(stack.api_url, run_id)
+    if summary:
+        print(summary)
+    wrong = {
+        pid: want
+        for pid, want in expected_quantities(stack.catalog).items()
+        if stack.sandbox.quantities().get(pid) != want
+    }
+    print(
+        f"Demo check: {len(wrong)} product(s) differ from the expected quantity in the sandbox."
+        if wrong
+        else "Demo check: the sandbox holds the expected quantity for every demo product."
+    )
+    schedule_lines = [
+        f"  {name:<18} {deployment_url(stack.ui_url, deployment_id)}"
+        for name, deployment_id in stack.deployments.items()
+    ]
+    print(
+        "\n".join(
+            [
+                "",
+                f"Prefect UI: {stack.ui_url}",
+                "  Deployments (schedules, Run → Quick run / Custom run):",
+                *schedule_lines,
+                f"  This run: {flow_run_url(stack.ui_url, run_id)}",
+                "    Artifacts tab: sync-summary, quarantine, load-progress; "
+                "Task Runs tab: one `chunk N/M …` per PUT, with its attempts.",
+                f"Sandbox API: {stack.sandbox.url}/_sandbox/quantities",
+                f"Logs: {stack.server.log}, {stack.home / 'worker.log'}",
+                f"Schedules are active: every 15 minutes and nightly, timezone {stack.timezone}.",
+                "Press Ctrl-C to stop everything.",
+            ]
+        ),
+        flush=True,
+    )
+
+
+def _watch(stack: LocalStack) -> None:
+    """Print each run that ends; stop when the server or the worker dies."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterEndTime,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    since = datetime.now(UTC)
+    reported: set[UUID] = set()
+    names = {deployment_id: name for name, deployment_id in stack.deployments.items()}
+    with prefect_client(stack.api_url) as client:
+        while True:
+            for _ in _ticks(5):
+                dead = stack.dead_process()
+                if dead is not None:
+                    raise StackError(
+                        f"the {dead.name} exited with status {dead.exit_code()}; the end of "
+                        f"{dead.log}:\n{dead.log_tail()}"
+                    )
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=list(names)),
+                    end_time=FlowRunFilterEndTime(after_=since),
+                ),
+                sort=FlowRunSort.END_TIME_DESC,
+                limit=20,
+            )
+            for run in reversed(runs):
+                if run.id in reported or run.state is None or run.state.type.value not in FINAL:
+                    continue
+                reported.add(run.id)
+                print(
+                    f"{datetime.now().strftime('%H:%M:%S')} run {run.name} "
+                    f"({names.get(run.deployment_id, '?')}): {run.state.name} "
+                    f"{flow_run_url(stack.ui_url, run.id)}",
+                    flush=True,
+                )
+
+
+def _ticks(seconds: int) -> Iterator[None]:
+    for _ in range(seconds):
+        time.sleep(1)
+        yield None
