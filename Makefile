@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test lint lock clean
+.PHONY: run demo test lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 11) <= v[:2] < (3, 14) else "inventory-sync needs Python 3.11, 3.12 or 3.13; found %d.%d" % v[:2])'
@@ -17,8 +17,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-## run: one sync of the demo feeds against the local sandbox API, then print the summary
+## run: Prefect server and UI on 127.0.0.1:4200 (PORT=... to move it), the sandbox API, the
+##      deployments, a worker and one sync right away; Ctrl-C stops everything
 run: $(STAMP)
+	$(BIN)/inventory-sync local-stack --port $(or $(PORT),4200)
+
+## demo: one sync of the demo feeds against the local sandbox API, then print the summary
+demo: $(STAMP)
 	$(BIN)/inventory-sync demo
 
 ## test: the whole suite (real HTTP on loopback, real Prefect, real GX)
