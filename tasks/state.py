@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +95,12 @@ class StateStore:
             handle.truncate()
             handle.write(f"run {run} (pid {os.getpid()}, since {_now()})")
             handle.flush()
-            yield self
+            # While one connection stays open, closing the others does not checkpoint the WAL
+            # (with its fsyncs): each chunk's commit costs about half as much. Commits are as
+            # durable as before; the WAL is checkpointed when this one closes.
+            with closing(sqlite3.connect(self.path, isolation_level=None)) as keeper:
+                keeper.execute("SELECT 1 FROM pushed LIMIT 1").fetchall()
+                yield self
         finally:
             handle.close()  # closing releases the lock, as does the process dying
 
