@@ -1,0 +1,194 @@
+"""Benchmark 4: the 15-minute cycle, a 2 % change after a full sync of 1M products, via the CLI.
+
+Usage: python -m benchmarks.cycle [--products 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import dataset as data
+from benchmarks.machine import load_average
+from benchmarks.processes import BIN, Measured, prefect_server, run_measured, sandbox_server
+from benchmarks.transform import DEFAULT_ROOT
+
+PRODUCTS = 1_000_000
+CHANGED_SHARE = 0.02
+TARGET_SECONDS = 30.0
+FULL_SYNC_CHUNK = 5000  # the first, full sync: 200 task runs rather than 2,000
+# Config changes whose effect is measured too: each is a setting a user can make today.
+VARIANTS = {
+    "as configured by default (catalog from the API, read-back on)": "",
+    "catalog from a file": "catalog_file",
+    "catalog from a file, no read-back": "catalog_file,no_read_back",
+}
+
+
+def config_text(dataset_feeds: list[Path], catalog_csv: Path, options: str) -> str:
+    """The sync's TOML: ten CSV warehouses; the sandbox URL comes from LIGHTSPEED_BASE_URL."""
+    catalog = (
+        f'source = "file"\npath = "{catalog_csv}"'
+        if "catalog_file" in options
+        else 'source = "api"'
+    )
+    read_back = "false" if "no_read_back" in options else "true"
+    warehouses = "".join(
+        f'\n[[warehouses]]\nname = "{name}"\nkind = "csv"\npath = "{path}"\n'
+        f'sku_column = "sku"\nquantity_column = "qty"\nsafety_stock = {safety}\n'
+        for name, path, safety in zip(
+            data.warehouse_names(), dataset_feeds, data.SAFETY_STOCK, strict=True
+        )
+    )
+    return (
+        '[lightspeed]\nbase_url = "http://127.0.0.1:1"\n\n'
+        f"[catalog]\n{catalog}\n\n[guards]\nread_back = {read_back}\n"
+        f'\n[report]\ndir = "reports"\n\n[state]\ndir = "state"\n{warehouses}'
+    )
+
+
+@dataclass
+class CycleRun:
+    """One CLI run: how long, and what the sandbox saw."""
+
+    label: str
+    changed: int
+    child: Measured
+    requests: dict[str, int]
+    bytes_in: int
+    bytes_out: int
+    sent: int
+    load: str
+
+    @property
+    def seconds(self) -> float:
+        return self.child.seconds
+
+
+@dataclass
+class CycleResult:
+    products: int
+    full_sync: CycleRun | None = None
+    runs: list[CycleRun] = field(default_factory=list)
+
+    def targets(self) -> list[tuple[str, str, bool]]:
+        if not self.runs:
+            return []
+        first = self.runs[0]
+        return [
+            (
+                f"2 % cycle ≤ {TARGET_SECONDS:.0f} s end to end",
+                f"{first.seconds:.1f} s",
+                first.seconds <= TARGET_SECONDS and first.child.returncode == 0,
+            )
+        ]
+
+    def lines(self) -> list[str]:
+        out = []
+        for run in ([self.full_sync] if self.full_sync else []) + self.runs:
+            requests = ", ".join(f"{n} {what}" for what, n in sorted(run.requests.items()))
+            out.append(
+                f"{run.label}: {run.seconds:.1f} s, exit {run.child.returncode}, "
+                f"{run.sent:,} product(s) sent ({run.changed:,} changed); {requests}; "
+                f"sent {run.bytes_in / 1e6:,.1f} MB, received {run.bytes_out / 1e6:,.1f} MB "
+                f"[load {run.load}]"
+            )
+        return out
+
+
+def _sent(output: str) -> int:
+    match = re.search(r"Sent (\d+) of (\d+) product", output)
+    return int(match[1]) if match else -1
+
+
+def _traffic(log: list[dict[str, Any]]) -> tuple[dict[str, int], int, int]:
+    counts: dict[str, int] = {}
+    for request in log:
+        what = f"{request['method']} {request['path'].split('?')[0]}"
+        counts[what] = counts.get(what, 0) + 1
+    return (
+        counts,
+        sum(int(r.get("bytes_in", 0)) for r in log),
+        sum(int(r.get("bytes_out", 0)) for r in log),
+    )
+
+
+def measure(root: Path, products: int = PRODUCTS, variants: bool = True) -> CycleResult:
+    """Full sync, then one 2 % change per variant, each a fresh CLI process."""
+    dataset = data.generate(root / f"products-{products}", products)
+    result = CycleResult(products)
+    with tempfile.TemporaryDirectory() as scratch_name:
+        work = Path(scratch_name)
+        shutil.copytree(dataset.folder / "feeds", work / "feeds")
+        shutil.copy(dataset.catalog_csv, work / "catalog.csv")
+        copy = data.Dataset(work, dataset.products, dataset.rows, dataset.seed)
+        configs: dict[str, Path] = {}
+        for label, options in VARIANTS.items():
+            path = work / f"sync-{len(configs)}.toml"
+            path.write_text(config_text(copy.feeds, copy.catalog_csv, options))
+            configs[label] = path
+            if not variants:
+                break
+        with (
+            prefect_server(work / "prefect") as api,
+            sandbox_server(dataset.catalog_json, 100_000, work) as sandbox,
+        ):
+            env = {
+                "PREFECT_API_URL": api,
+                "LIGHTSPEED_BASE_URL": sandbox.url,
+                "LIGHTSPEED_TOKEN": sandbox.token,
+            }
+
+            def cli_run(label: str, config: Path, changed: int, *extra: str) -> CycleRun:
+                sandbox.reset_log()
+                argv = [str(BIN / "inventory-sync"), "run", "--config", str(config), *extra]
+                child = run_measured(argv, env=env, timeout=900)
+                if child.returncode != 0:
+                    raise RuntimeError(f"{label} failed:\n{child.output[-4000:]}")
+                counts, bytes_in, bytes_out = _traffic(sandbox.requests())
+                return CycleRun(
+                    label,
+                    changed,
+                    child,
+                    counts,
+                    bytes_in,
+                    bytes_out,
+                    _sent(child.output),
+                    load_average(),
+                )
+
+            first = next(iter(configs.values()))
+            result.full_sync = cli_run(
+                f"full sync of {products:,} products (chunks of {FULL_SYNC_CHUNK})",
+                first,
+                products,
+                "--chunk-size",
+                str(FULL_SYNC_CHUNK),
+            )
+            print(result.lines()[-1], flush=True)
+            for number, (label, config) in enumerate(configs.items()):
+                changed = data.change_quantities(copy, CHANGED_SHARE, seed=10 + number)
+                result.runs.append(cli_run(f"2 % cycle, {label}", config, changed))
+                print(result.lines()[-1], flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=PRODUCTS)
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--no-variants", action="store_true")
+    args = parser.parse_args(argv)
+    result = measure(args.root, args.products, variants=not args.no_variants)
+    for target, figure, met in result.targets():
+        print(f"{'MET' if met else 'MISSED'} {target}: {figure}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
