@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,9 @@ def _traffic(log: list[dict[str, Any]]) -> tuple[dict[str, int], int, int]:
     )
 
 
-def measure(root: Path, products: int = PRODUCTS, variants: bool = True) -> CycleResult:
+def measure(
+    root: Path, products: int = PRODUCTS, variants: bool = True, api: str | None = None
+) -> CycleResult:
     """Full sync, then one 2 % change per variant, each a fresh CLI process."""
     dataset = data.generate(root / f"products-{products}", products)
     result = CycleResult(products)
@@ -136,11 +139,11 @@ def measure(root: Path, products: int = PRODUCTS, variants: bool = True) -> Cycl
             if not variants:
                 break
         with (
-            prefect_server(work / "prefect") as api,
+            prefect_server(work / "prefect") if api is None else nullcontext(api) as api_url,
             sandbox_server(dataset.catalog_json, 100_000, work) as sandbox,
         ):
             env = {
-                "PREFECT_API_URL": api,
+                "PREFECT_API_URL": api_url,
                 "LIGHTSPEED_BASE_URL": sandbox.url,
                 "LIGHTSPEED_TOKEN": sandbox.token,
             }

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,8 +188,10 @@ def payload_of(dataset: data.Dataset, path: Path) -> None:
     ).sort("vendorSku", "id", nulls_last=True).write_parquet(path)
 
 
-def measure(root: Path, products: int = PRODUCTS, sweep: bool = True) -> LoadResult:
-    """Sandbox and Prefect server in their own processes; the trials in one child process."""
+def measure(
+    root: Path, products: int = PRODUCTS, sweep: bool = True, api: str | None = None
+) -> LoadResult:
+    """Sandbox and Prefect server (unless `api` names one) in their own processes; trials in a child."""
     dataset = data.generate(root / f"products-{products}", products)
     result = LoadResult(products)
     with tempfile.TemporaryDirectory() as scratch_name:
@@ -198,7 +201,7 @@ def measure(root: Path, products: int = PRODUCTS, sweep: bool = True) -> LoadRes
         trials_file = scratch / "trials.json"
         trials_file.write_text(json.dumps(plan_trials(sweep)))
         with (
-            prefect_server(scratch / "prefect") as api,
+            prefect_server(scratch / "prefect") if api is None else nullcontext(api) as api_url,
             sandbox_server(dataset.catalog_json, 100_000, scratch) as sandbox,
         ):
             child = run_measured(
@@ -209,7 +212,7 @@ def measure(root: Path, products: int = PRODUCTS, sweep: bool = True) -> LoadRes
                     str(payload_file),
                     str(trials_file),
                 ),
-                env={"PREFECT_API_URL": api, "LIGHTSPEED_TOKEN": sandbox.token},
+                env={"PREFECT_API_URL": api_url, "LIGHTSPEED_TOKEN": sandbox.token},
             )
             if child.returncode != 0:
                 raise RuntimeError(f"load benchmark failed:\n{child.output[-3000:]}")

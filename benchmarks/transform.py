@@ -164,18 +164,22 @@ class TransformResult:
 def measure_size(root: Path, products: int) -> SizeResult:
     """Generate (or reuse) the data set and run the pipeline on it in a fresh child process."""
     dataset = data.generate(root / f"products-{products}", products)
+    payload = dataset.folder / "pipeline-payload.parquet"
     child = run_measured(
-        python_module("benchmarks.transform", "--worker", str(dataset.folder), str(products))
+        python_module(
+            "benchmarks.transform",
+            "--worker",
+            str(dataset.folder),
+            str(products),
+            "--payload-out",
+            str(payload),
+        )
     )
     if child.returncode != 0:
         raise RuntimeError(f"transform of {products} products failed:\n{child.output[-3000:]}")
+    figures = last_json(child.output) | {"payload_file": str(payload)}
     return SizeResult(
-        products,
-        dataset.rows,
-        dataset.feed_bytes() / 1e6,
-        child,
-        last_json(child.output),
-        load_average(),
+        products, dataset.rows, dataset.feed_bytes() / 1e6, child, figures, load_average()
     )
 
 

@@ -1,0 +1,311 @@
+"""Run the four benchmarks and rewrite docs/benchmarks.md with their figures.
+
+Usage: python -m benchmarks.runner [--smoke] [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks import cycle, load_overhead, pandas_reference, transform
+from benchmarks import dataset as data
+from benchmarks.machine import describe, load_average
+from benchmarks.processes import ROOT
+
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes for one run of all four: the real ones, or tiny ones for the smoke test."""
+
+    transform_sizes: tuple[int, ...] = transform.SIZES
+    reference_products: int = pandas_reference.PRODUCTS
+    load_products: int = load_overhead.PRODUCTS
+    sweep: bool = True
+    cycle_products: int = cycle.PRODUCTS
+    cycle_variants: bool = True
+
+
+SMOKE = Plan((2_000,), 2_000, 2_000, False, 2_000, False)
+
+
+@dataclass
+class Results:
+    command: str
+    plan: Plan
+    started: datetime
+    load_at_start: str
+    transform: transform.TransformResult | None = None
+    reference: pandas_reference.ReferenceResult | None = None
+    load: load_overhead.LoadResult | None = None
+    cycle: cycle.CycleResult | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def targets(self) -> list[tuple[str, str, bool]]:
+        found: list[tuple[str, str, bool]] = []
+        for part in (self.transform, self.reference, self.load, self.cycle):
+            if part is not None:
+                found += part.targets()
+        return found
+
+
+def run_all(root: Path, plan: Plan, command: str, api: str | None = None) -> Results:
+    """The four benchmarks in order; each prints its figures as it goes."""
+    results = Results(command, plan, datetime.now(UTC), load_average())
+    started = time.perf_counter()
+    print("== 1. transform", flush=True)
+    results.transform = transform.measure(root, plan.transform_sizes)
+    print("== 2. pandas reference", flush=True)
+    size = results.transform.at(plan.reference_products)
+    handed = (size.child, size.figures) if size else None
+    results.reference = pandas_reference.measure(root, plan.reference_products, handed)
+    print("\n".join(results.reference.lines()), flush=True)
+    print("== 3. load overhead", flush=True)
+    results.load = load_overhead.measure(root, plan.load_products, plan.sweep, api)
+    print("\n".join(results.load.lines()), flush=True)
+    print("== 4. 15-minute cycle", flush=True)
+    results.cycle = cycle.measure(root, plan.cycle_products, plan.cycle_variants, api)
+    results.seconds = time.perf_counter() - started
+    for target, figure, met in results.targets():
+        print(f"{'MET   ' if met else 'MISSED'} {target}: {figure}")
+    print(f"all four in {results.seconds / 60:.1f} min", flush=True)
+    return results
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def render(results: Results) -> str:
+    """docs/benchmarks.md: command, machine, targets, then each benchmark's figures."""
+    out = [
+        "# Benchmarks",
+        "",
+        f"Written by `{results.command}` on {results.started:%Y-%m-%d %H:%M} UTC in "
+        f"{results.seconds / 60:.1f} min; do not edit by hand. Machine: {describe()}. "
+        f"Load average at the start: {results.load_at_start}. Every figure carries the load "
+        "average (1, 5, 15 min) when it was taken: on a shared machine, compare with care.",
+        "",
+        "## Targets",
+        "",
+    ]
+    out += _table(
+        ["target", "measured", "met"],
+        [[t, f, "yes" if met else "**no**"] for t, f, met in results.targets()],
+    )
+    out += ["", *_transform_section(results), *_reference_section(results)]
+    out += [*_load_section(results), *_cycle_section(results), *_how_section()]
+    return "\n".join(out) + "\n"
+
+
+def _transform_section(results: Results) -> list[str]:
+    part = results.transform
+    if part is None:
+        return []
+    out = [
+        "## 1. Transform: read, check, reconcile, validate",
+        "",
+        f"Ten warehouse CSV feeds (`benchmarks/dataset.py`): each warehouse stocks a product "
+        f"with probability {data.STOCK_SHARE}, in 1-{data.MAX_BINS} bins (rows), so about 3 "
+        "warehouses and 9 rows per product; safety stock per warehouse "
+        f"{', '.join(map(str, data.SAFETY_STOCK))}; {data.UNTRACKED_SHARE:.0%} of products "
+        "untracked, a few ambiguous or without a SKU; "
+        f"{data.BAD_ROW_SHARE:.2%} of rows each with an empty SKU, an unknown SKU, `abc`, "
+        "`3.5` or a negative quantity; 1 % `12.0`, 0.5 % padded. The catalog is read from its "
+        'CSV (`catalog.source = "file"`), alongside the feeds as in the flow. Stages 1-4 '
+        "of the flow with its own functions, in a fresh process after the imports; peak = "
+        "the process's peak RSS (wait4), imports included.",
+        "",
+    ]
+    stages = list(part.sizes[0].figures["stages"]) if part.sizes else []
+    rows = []
+    for size in part.sizes:
+        rows.append(
+            [
+                f"{size.products:,}",
+                f"{size.rows:,}",
+                f"{size.feed_mb:,.0f}",
+                f"**{size.seconds:.1f}**",
+                f"**{size.child.peak_rss_gb:.2f}**",
+                *[f"{size.figures['stages'][s]:.1f}" for s in stages],
+                size.load,
+            ]
+        )
+    out += _table(
+        ["products", "rows", "feed MB", "seconds", "peak GB", *[f"{s} s" for s in stages], "load"],
+        rows,
+    )
+    biggest = part.sizes[-1] if part.sizes else None
+    if biggest is not None and len(part.sizes) > 1:
+        first = part.sizes[0]
+        grow = biggest.seconds / first.seconds
+        out += [
+            "",
+            f"From {first.products:,} to {biggest.products:,} products "
+            f"({biggest.products / first.products:.0f}x), time grows {grow:.1f}x and peak "
+            f"memory {biggest.child.peak_rss_gb / first.child.peak_rss_gb:.1f}x.",
+        ]
+    peaks = [
+        f"{s.products:,}: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in s.figures["peak_gb_after"].items())
+        for s in part.sizes
+    ]
+    out += ["", "Peak RSS (GB) after each stage: " + "; ".join(peaks) + ".", ""]
+    return out
+
+
+def _reference_section(results: Results) -> list[str]:
+    part = results.reference
+    if part is None:
+        return []
+    return [
+        "## 2. Against a plain pandas reference",
+        "",
+        "`benchmarks/pandas_reference.py` applies the same rules the obvious way in pandas "
+        "(read_csv as text, str methods, groupby, map), on the same files, in the same run, "
+        "and its payload and flag counts are compared with the pipeline's.",
+        "",
+        *_table(
+            [
+                "products",
+                "pipeline s",
+                "pipeline peak GB",
+                "pandas s",
+                "pandas peak GB",
+                "ratio",
+                "same output",
+                "load",
+            ],
+            [
+                [
+                    f"{part.products:,}",
+                    f"{part.pipeline_figures['seconds']:.1f}",
+                    f"{part.pipeline.peak_rss_gb:.2f}",
+                    f"{part.pandas_figures['seconds']:.1f}",
+                    f"{part.pandas.peak_rss_gb:.2f}",
+                    f"**{part.ratio:.1f}x**",
+                    "yes" if part.same_output else "**no**",
+                    part.load,
+                ]
+            ],
+        ),
+        "",
+    ]
+
+
+def _load_section(results: Results) -> list[str]:
+    part = results.load
+    if part is None:
+        return []
+    default = (load_overhead.DEFAULT_CHUNK, load_overhead.DEFAULT_CONCURRENCY)
+    out = [
+        "## 3. Load overhead",
+        "",
+        f"{part.products:,} products to the sandbox API (`inventory-sync sandbox`, its own "
+        "process) with a local Prefect server (its own process): the pipeline's `load()` "
+        "(a Prefect task run per chunk, retries, a state commit per chunk, progress artifact) "
+        "against a bare httpx loop with a thread pool sending the same chunks with the same "
+        f"concurrency, alternating, median of {load_overhead.ROUNDS} [load {part.load}].",
+        "",
+        *_table(
+            [
+                "chunk_size",
+                "max_concurrency",
+                "pipeline s",
+                "bare loop s",
+                "ratio",
+                "pipeline products/s",
+            ],
+            [
+                [
+                    f"{chunk}" + (" (default)" if (chunk, conc) == default else ""),
+                    str(conc),
+                    f"{p:.2f}",
+                    f"{b:.2f}",
+                    f"{p / b:.1f}x",
+                    f"{part.products / p:,.0f}",
+                ]
+                for chunk, conc, p, b in part.sweep()
+            ],
+        ),
+    ]
+    if part.sweep():
+        chunk, conc, seconds = part.best()
+        out += ["", f"Fastest: chunk_size {chunk}, max_concurrency {conc} ({seconds:.2f} s)."]
+    return [*out, ""]
+
+
+def _cycle_section(results: Results) -> list[str]:
+    part = results.cycle
+    if part is None:
+        return []
+    runs = ([part.full_sync] if part.full_sync else []) + part.runs
+    return [
+        "## 4. The 15-minute cycle",
+        "",
+        f"`inventory-sync run --config …` as a fresh process against a persistent "
+        "`prefect server start` (SQLite, temporary PREFECT_HOME) and the sandbox API holding "
+        f"{part.products:,} products: a full sync first, then, per configuration, a run after "
+        f"{cycle.CHANGED_SHARE:.0%} of quantities changed. Requests and bytes are from the "
+        "sandbox's request log (bytes in: request line, headers and body; out: response bodies).",
+        "",
+        *_table(
+            ["run", "seconds", "products sent", "requests", "MB sent", "MB received", "load"],
+            [
+                [
+                    run.label,
+                    f"**{run.seconds:.1f}**",
+                    f"{run.sent:,}",
+                    ", ".join(f"{n:,} {what}" for what, n in sorted(run.requests.items())),
+                    f"{run.bytes_in / 1e6:,.1f}",
+                    f"{run.bytes_out / 1e6:,.1f}",
+                    run.load,
+                ]
+                for run in runs
+            ],
+        ),
+        "",
+    ]
+
+
+def _how_section() -> list[str]:
+    return [
+        "## Running them",
+        "",
+        "```sh",
+        "make bench                                   # all four, rewrites this file",
+        ".venv/bin/python -m benchmarks.transform --sizes 100000,1000000",
+        ".venv/bin/python -m benchmarks.pandas_reference --products 1000000",
+        ".venv/bin/python -m benchmarks.load_overhead --products 100000",
+        ".venv/bin/python -m benchmarks.cycle --products 1000000",
+        "```",
+        "",
+        f"Data sets are generated once under `{transform.DEFAULT_ROOT}` (`--root` elsewhere) "
+        "and reused while their parameters match.",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks, not figures")
+    parser.add_argument("--root", type=Path, default=transform.DEFAULT_ROOT)
+    parser.add_argument("--out", type=Path, default=DOC)
+    parser.add_argument("--command", default="", help="how this run was started, for the doc")
+    args = parser.parse_args(argv)
+    command = args.command or shlex.join(["python", "-m", "benchmarks.runner", *(argv or [])])
+    results = run_all(args.root, SMOKE if args.smoke else Plan(), command)
+    args.out.write_text(render(results), encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,43 @@
+"""The benchmarks at tiny sizes, so they cannot rot: they run end to end and agree with themselves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
+from benchmarks import dataset as data
+from benchmarks.runner import SMOKE, render, run_all
+
+pytestmark = pytest.mark.slow
+
+
+def test_dataset_has_bins_bad_rows_and_changes_exactly_the_share_asked(tmp_path: Path) -> None:
+    dataset = data.generate(tmp_path / "d", 5_000)
+    assert [p.exists() for p in dataset.feeds] == [True] * data.WAREHOUSES
+    assert dataset.rows > 5_000 * 5  # about 9 rows per product
+    assert data.generate(tmp_path / "d", 5_000) == dataset  # reused, not made again
+    assert data.change_quantities(dataset, 0.02) == 100
+
+
+def test_all_four_run_and_write_the_doc(tmp_path: Path, prefect_api: str) -> None:
+    results = run_all(tmp_path / "data", SMOKE, "smoke", api=prefect_api)
+
+    assert results.transform is not None and results.transform.sizes[0].rows > 0
+    assert results.reference is not None and results.reference.same_output
+    assert results.load is not None and {t["kind"] for t in results.load.trials} == {
+        "bare",
+        "pipeline",
+    }
+    assert results.cycle is not None and results.cycle.full_sync is not None
+    [change] = results.cycle.runs
+    assert change.child.returncode == 0 and change.sent == change.changed > 0
+    assert change.requests.get("PUT /inventory", 0) >= 1 and change.bytes_in > 0
+
+    doc = render(results)
+    for heading in ("## Targets", "## 1. Transform", "## 2.", "## 3. Load", "## 4. The 15"):
+        assert heading in doc
+    assert len(results.targets()) == 3  # the transform's targets are for 1M products only
+    assert all(target in doc for target, _, _ in results.targets())
