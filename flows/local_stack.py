@@ -322,7 +322,7 @@ class LocalStack:
         self.stop()
 
     def check(self) -> None:
-        """Fail before starting anything when a port is taken or the timezone is unknown."""
+        """Refuse a taken UI port or an unknown timezone before starting anything."""
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -337,10 +337,8 @@ class LocalStack:
                 "pick another port: `make run PORT=4300`."
             )
         if self.sandbox_port and port_in_use(self.sandbox_port):
-            raise StackError(
-                f"port {self.sandbox_port} on {HOST} is already in use, so the sandbox API cannot "
-                "start there: stop what holds it, or pass --sandbox-port 0 for any free port."
-            )
+            self.say(f"Port {self.sandbox_port} is taken: the sandbox API takes any free port.")
+            self.sandbox_port = 0  # the worker is told the sandbox's URL, whatever its port
 
     def start(self) -> LocalStack:
         """Start everything in order; each step waits until the previous one answers."""
@@ -355,6 +353,7 @@ class LocalStack:
         self.sandbox = SandboxServer(
             products=self.catalog, token=DEMO_TOKEN, port=self.sandbox_port
         ).start()
+        self.sandbox_port = self.sandbox.port
         self.say(f"Sandbox Lightspeed API on {self.sandbox.url} ({len(self.catalog)} products)")
 
         began = time.monotonic()
@@ -555,7 +554,7 @@ def run_local_stack(home: Path, folder: Path, port: int, sandbox_port: int, time
             _watch(stack)
     except KeyboardInterrupt:
         left = descendants(os.getpid())
-        ports = [p for p in (port, sandbox_port) if p and port_in_use(p)]
+        ports = [p for p in (stack.port, stack.sandbox_port) if p and port_in_use(p)]
         if left or ports:
             print(f"error: still running: pids {sorted(p.pid for p in left)}, ports {ports}")
             return 1
