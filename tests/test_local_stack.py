@@ -1,0 +1,75 @@
+"""The local stack's own guarantees, without a Prefect server: clear refusals, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from flows.local_stack import LocalStack, ManagedProcess, descendants, is_running, port_in_use
+
+
+def local_stack(*args: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", "local-stack", "--dir", str(tmp_path / "demo"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_taken_ui_port_is_refused_with_what_to_do(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = local_stack("--port", str(port), "--sandbox-port", "0", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "make run PORT=" in result.stderr
+    assert not (tmp_path / "prefect").exists(), "nothing started before the check"
+
+
+def test_an_unknown_timezone_is_refused_before_anything_starts(tmp_path):
+    result = local_stack("--timezone", "Mars/Olympus", "--port", "0", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "unknown timezone 'Mars/Olympus'" in result.stderr
+
+
+def test_stopping_a_process_also_stops_what_it_started_in_a_session_of_its_own(tmp_path):
+    # like the worker, whose flow runs live in their own sessions and survive a group kill
+    script = "setsid sleep 300 & sleep 300"
+    child = ManagedProcess("shell", ["bash", "-c", script], dict(os.environ), tmp_path / "log")
+    child.start()
+    assert child.pid is not None
+    deadline = time.monotonic() + 10
+    while len(family := descendants(child.pid)) < 2:
+        assert time.monotonic() < deadline, family
+        time.sleep(0.05)
+    child.stop(grace=5)
+    assert [p for p in family if is_running(p)] == []
+
+
+def test_port_in_use_sees_a_listener_and_only_a_listener():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert port_in_use(port)
+    assert not port_in_use(port)
+
+
+def test_a_taken_sandbox_port_moves_the_sandbox_rather_than_stopping(tmp_path):
+    said: list[str] = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = LocalStack(tmp_path, tmp_path, port=0, sandbox_port=port, say=said.append)
+        stack.check()
+    assert stack.sandbox_port == 0
+    assert said == [f"Port {port} is taken: the sandbox API takes any free port."]

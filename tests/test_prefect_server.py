@@ -1,0 +1,165 @@
+"""The deployments on a real Prefect server, run by a real worker, triggered as the UI does it."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+from prefect.exceptions import PrefectHTTPStatusError
+
+from flows.local_stack import EVERY_15_MINUTES, NIGHTLY_FULL, PROJECT_ROOT, WORK_POOL
+from sandbox.demo import expected_quantities
+from sandbox.server import Fault
+
+pytest_plugins = ["prefect_server"]
+pytestmark = pytest.mark.slow
+
+CHUNK_NAME = re.compile(r"^chunk (\d+)/(\d+) (.+)…(.+) \((\d+) products\)$")
+
+
+def test_prefect_yaml_registers_both_deployments_as_documented(server_stack):
+    every, nightly = (server_stack.as_deployed[n] for n in (EVERY_15_MINUTES, NIGHTLY_FULL))
+    config = str(server_stack.local.config)
+    assert every.parameters == {"config_path": config}
+    assert nightly.parameters == {"config_path": config, "full": True}
+    schedules = [
+        [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules]
+        for d in (every, nightly)
+    ]
+    assert schedules == [
+        [("*/15 * * * *", "Europe/Amsterdam", True)],
+        [("5 2 * * *", "Europe/Amsterdam", True)],
+    ]
+    for deployment in (every, nightly):
+        assert deployment.entrypoint == "flows/sync.py:inventory_sync"
+        assert deployment.work_pool_name == WORK_POOL
+        assert deployment.global_concurrency_limit.limit == 1
+        assert {"inventory-sync", "lightspeed", "scheduled"} <= set(deployment.tags)
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_ROOT)}}
+        ]
+        assert deployment.enforce_parameter_schema
+    assert "full" in nightly.tags
+    schema = every.parameter_openapi_schema["properties"]
+    assert {"config_path", "dry_run", "warehouses", "chunk_size"} <= set(schema)
+    assert all(schema[name].get("description") for name in schema), "every parameter described"
+    assert schema["dry_run"]["type"] == "boolean"
+    with server_stack.client() as client:
+        pool = client.read_work_pool(WORK_POOL)
+    assert (pool.type, pool.concurrency_limit) == ("process", 1)
+
+
+def test_the_server_rejects_a_bad_parameter_before_any_run(server_stack):
+    with server_stack.client() as client, pytest.raises(PrefectHTTPStatusError) as refused:
+        client.create_flow_run_from_deployment(
+            server_stack.local.deployments[EVERY_15_MINUTES], parameters={"chunk_size": 0}
+        )
+    assert refused.value.response.status_code == 409
+    assert "chunk_size" in refused.value.response.text
+
+
+def test_a_run_started_like_the_run_button_syncs_and_shows_its_retry(server_stack):
+    stack = server_stack
+    stack.reset_sandbox()
+    catalog = stack.local.catalog
+    tee = next(p["id"] for p in catalog if p["vendorSku"] == "TEE-BLUE-M")
+    stack.local.sandbox.add_fault(Fault(status=503, if_contains_id=tee, times=1))
+
+    run = stack.run(NIGHTLY_FULL)  # a Quick run: the deployment's own parameters
+
+    assert run.state.type.value == "COMPLETED", run.state.message
+    assert run.deployment_id == stack.local.deployments[NIGHTLY_FULL]
+    assert stack.local.sandbox.quantities() == expected_quantities(catalog)
+    tries = [r for r in stack.local.sandbox.requests() if tee in r.product_ids]
+    assert [r.status for r in tries] == [503, 200]
+
+    chunks = {_chunk(t.name): t for t in stack.task_runs(run.id) if CHUNK_NAME.match(t.name)}
+    assert sorted((number, total) for number, total, _ in chunks) == [(1, 3), (2, 3), (3, 3)]
+    assert sum(size for _, _, size in chunks) == 23
+    assert all(t.state.type.value == "COMPLETED" for t in chunks.values())
+    attempts = sorted((t.run_count, size) for (_, _, size), t in chunks.items())
+    retried_size = len(tries[0].product_ids)  # the chunk that met the 503
+    assert [runs for runs, _ in attempts] == [1, 1, 2] and attempts[-1][1] == retried_size
+
+    artifacts = stack.artifacts(run.id)
+    assert {"sync-summary", "quarantine", "load-progress"} <= set(artifacts)
+    assert "Result: OK" in artifacts["sync-summary"].data
+    assert artifacts["load-progress"].data == 100
+    assert {row["reason"] for row in _table(artifacts["quarantine"].data)} >= {
+        "empty SKU",
+        "unknown SKU",
+        "negative quantity",
+        "quantity is not an integer",
+    }
+
+    events = stack.events("inventory-sync.run.succeeded", f"inventory-sync.run.{run.id}")
+    assert len(events) == 1
+    payload = events[0]["payload"]
+    assert (payload["products_sent"], payload["chunks_failed"], payload["attempts"]) == (23, 0, 4)
+    assert payload["rows_flagged"] == 4
+
+
+def _chunk(name: str) -> tuple[int, int, int]:
+    """(number, of how many, products) from a chunk task run's name."""
+    match = CHUNK_NAME.match(name)
+    assert match, name
+    return int(match[1]), int(match[2]), int(match[5])
+
+
+def _table(data: object) -> list[dict]:
+    return json.loads(data) if isinstance(data, str) else list(data)  # type: ignore[arg-type]
+
+
+def test_the_documented_automation_notifies_when_a_run_fails(server_stack, tmp_path):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    received: list[dict] = []
+
+    class Webhook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Webhook) as hook:
+        threading.Thread(target=hook.serve_forever, daemon=True).start()
+        with temporary_settings({PREFECT_API_URL: server_stack.api_url}):
+            block_id = CustomWebhookNotificationBlock(
+                name="sync alerts",
+                url=f"http://127.0.0.1:{hook.server_address[1]}/",
+                json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            ).save("sync-alerts", overwrite=True)
+        text = (PROJECT_ROOT / "deployments" / "automations.yaml").read_text()
+        documented = yaml.safe_load(text.replace("NOTIFICATION_BLOCK_ID", str(block_id)))
+        with server_stack.client() as client:
+            ids = [
+                client.create_automation(AutomationCore.model_validate(a))
+                for a in documented["automations"]
+            ]
+        try:
+            missing = str(tmp_path / "missing.toml")
+            run = server_stack.run(EVERY_15_MINUTES, config_path=missing)
+            deadline = time.monotonic() + 60
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.25)
+        finally:
+            with server_stack.client() as client:
+                for automation_id in ids:
+                    client.delete_automation(automation_id)
+            hook.shutdown()
+
+    assert run.state.type.value == "FAILED"
+    assert [m["subject"] for m in received] == [f"inventory-sync run {run.name} failed"]
+    body = received[0]["body"]
+    assert "configuration file not found" in body and missing in body
+    assert body.rstrip().endswith(f"/runs/flow-run/{run.id}")
