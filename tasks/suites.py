@@ -105,15 +105,20 @@ def validate_distinct(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
         if not kind.startswith("expect_column_values_to_") or "unique" in kind:
             raise SuiteError(f"suite {suite_name}: {kind} does not judge one row at a time")
     columns = sorted({e["kwargs"]["column"] for e in spec["expectations"]})
-    groups = frame.group_by(columns).agg(pl.col(ROW_ID).alias("rows")).with_row_index(ROW_ID)
-    outcomes = validate(groups.select(ROW_ID, *columns), suite_name)
+    combos = frame.select(columns).unique().with_row_index(ROW_ID)
+    outcomes = validate(combos, suite_name)
+    failing = sorted({i for outcome in outcomes for i in outcome.row_ids})
+    # the rows of the failing combinations, found by one join (not by a list of row ids per
+    # combination: that held all 9M ids at once, +0.9 GB)
+    matched = frame.select(ROW_ID, *columns).join(
+        combos.filter(pl.col(ROW_ID).is_in(failing)).rename({ROW_ID: "combo"}),
+        on=columns,
+        how="inner",
+        nulls_equal=True,
+    )
     expanded = []
     for outcome in outcomes:
-        rows = (
-            groups.filter(pl.col(ROW_ID).is_in(outcome.row_ids))["rows"].explode().sort()
-            if outcome.row_ids
-            else pl.Series(dtype=pl.UInt32)
-        )
+        rows = matched.filter(pl.col("combo").is_in(outcome.row_ids))[ROW_ID].sort()
         expanded.append(
             replace(outcome, unexpected_count=rows.len(), row_ids=[int(r) for r in rows])
         )
