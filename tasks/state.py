@@ -113,7 +113,8 @@ class StateStore:
     def commit(self, landed: pl.DataFrame, run: str) -> None:
         """Record products the API accepted (id, quantity), in one transaction."""
         now = _now()
-        rows = [(pid, qty, now, run) for pid, qty in landed.select("id", "quantity").iter_rows()]
+        ids, quantities = landed["id"].to_list(), landed["quantity"].to_list()
+        rows = [(pid, qty, now, run) for pid, qty in zip(ids, quantities, strict=True)]
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(
