@@ -483,6 +483,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "LightspeedSandbox/1.0"
+    raw_requestline: bytes  # set by BaseHTTPRequestHandler.handle_one_request; not in typeshed
     disable_nagle_algorithm = True
     wbufsize = 64 * 1024  # headers and body leave in one send
     timeout = 120  # an idle keep-alive connection doesn't hold its thread forever
