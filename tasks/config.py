@@ -320,6 +320,11 @@ class Settings(_Section):
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the TOML file; relative paths are taken from the file's folder."""
     environ = os.environ if environ is None else environ
+    if not str(path).strip():
+        raise ConfigError(
+            "config_path is empty: give the configuration file (deployments read it from "
+            "$INVENTORY_SYNC_CONFIG when they are registered)"
+        )
     path = Path(path).expanduser().resolve()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -330,11 +330,16 @@ def run_event_payload(result: object) -> dict[str, object]:
 def emit_run_event(flow: object, flow_run: Any, state: Any) -> None:
     """Prefect flow hook: one event per run, `inventory-sync.run.succeeded` or `.failed`."""
     result = state.result(raise_on_failure=False) if state.is_final() else None
+    payload = run_event_payload(result)
     emit_event(
         event=EVENT_SUCCEEDED if state.is_completed() else EVENT_FAILED,
         resource={
             "prefect.resource.id": f"inventory-sync.run.{flow_run.id}",
             "prefect.resource.name": flow_run.name,
+            # labels, because automations match labels, not payload values
+            "inventory-sync.quarantined": _yes(payload.get("rows_dropped")),
+            "inventory-sync.rejected": _yes(payload.get("products_rejected")),
+            "inventory-sync.drifted": _yes(payload.get("products_drifted")),
         },
         related=[
             {
@@ -343,5 +348,9 @@ def emit_run_event(flow: object, flow_run: Any, state: Any) -> None:
                 "prefect.resource.name": flow_run.name,
             }
         ],
-        payload=run_event_payload(result),
+        payload=payload,
     )
+
+
+def _yes(count: object) -> str:
+    return "true" if isinstance(count, int) and count > 0 else "false"

@@ -131,17 +131,32 @@ def test_catalog_file_must_have_every_column_and_be_utf8(tmp_path):
     )
     frame = catalog_from_csv(str(good))
     assert frame.select("id", "tracked", "backorder").rows() == [
-        ("a1", True, False), ("b1", False, True), ("c1", False, False)
+        ("a1", True, False),
+        ("b1", False, True),
+        ("c1", False, False),
     ]
     misspelt = tmp_path / "misspelt.csv"
     misspelt.write_text("vendorSku,id,isInventoryTracking,isBackorderingEnabled\nA,a1,true,false\n")
     with pytest.raises(CatalogError, match="missing column\\(s\\) isInventoryTrackingEnabled"):
         catalog_from_csv(str(misspelt))
     latin = tmp_path / "latin.csv"
-    latin.write_bytes("vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\nÜBER,u1,true,false\n".encode("cp1252"))
+    latin.write_bytes(
+        "vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\nÜBER,u1,true,false\n".encode(
+            "cp1252"
+        )
+    )
     with pytest.raises(CatalogError, match="line 2 is not valid UTF-8"):
         catalog_from_csv(str(latin))
     bad_flag = tmp_path / "flag.csv"
-    bad_flag.write_text("vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\nA,a1,yes,false\n")
-    with pytest.raises(CatalogError, match="line 2, column isInventoryTrackingEnabled: not a boolean"):
+    bad_flag.write_text(
+        "vendorSku,id,isInventoryTrackingEnabled,isBackorderingEnabled\nA,a1,yes,false\n"
+    )
+    with pytest.raises(
+        CatalogError, match="line 2, column isInventoryTrackingEnabled: not a boolean"
+    ):
         catalog_from_csv(str(bad_flag))
+
+
+def test_empty_config_path_says_what_to_set():
+    with pytest.raises(ConfigError, match="config_path is empty.*INVENTORY_SYNC_CONFIG"):
+        load_settings("", environ={})

@@ -335,6 +335,7 @@ def test_each_run_emits_an_event_with_its_counts(tmp_path, sandbox, write_config
     import httpx
 
     config = simple_setup(tmp_path, sandbox, write_config, retries=0)
+    feed(tmp_path / "east.csv", *[(f"S{i}", 10 + i) for i in range(6)], ("NOT-IN-CATALOG", 1))
     sandbox.add_fault(Fault(status=500, times=5, if_contains_id=pid("S0")))
     state, _ = run(config)
     assert state.is_failed()
@@ -357,3 +358,5 @@ def test_each_run_emits_an_event_with_its_counts(tmp_path, sandbox, write_config
     assert event["payload"]["products_not_landed"] == 2
     assert event["payload"]["products_sent"] == 4
     assert "HTTP 500" in event["payload"]["error"]
+    assert event["resource"]["inventory-sync.quarantined"] == "true"  # the unknown SKU
+    assert event["resource"]["inventory-sync.rejected"] == "false"
