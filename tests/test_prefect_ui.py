@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,9 @@ LAUNCH_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DOCS = PROJECT_ROOT / "docs"
+# The screenshots in docs/ are this test's; UPDATE_SCREENSHOTS=1 make test refreshes them.
+# Otherwise they go to a temporary folder, so a test run leaves the working tree clean.
+DOCS = PROJECT_ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else None
 UI_TIMEOUT_MS = 60_000
 RUN_TIMEOUT_MS = 240_000
 
@@ -105,7 +109,7 @@ def test_a_custom_dry_run_from_the_ui_completes_and_sends_nothing(chromium, page
     page.locator(".p-tab", has_text="Artifacts").click()
     page.get_by_text("sync-summary").first.wait_for()
     page.wait_for_timeout(1000)  # the run graph draws itself after the data arrives
-    page.screenshot(path=DOCS / "prefect-flow-run.png")
+    _screenshot(page, "prefect-flow-run.png")
 
     run = stack.wait(run_id)
     assert run.state.type.value == "COMPLETED"
@@ -119,7 +123,7 @@ def test_a_custom_dry_run_from_the_ui_completes_and_sends_nothing(chromium, page
         page.get_by_text("Every 15 minutes").wait_for()
         page.get_by_role("link", name=run.name).wait_for()  # the finished run is listed
         page.wait_for_timeout(1000)  # let the schedule's switch finish sliding
-        page.screenshot(path=DOCS / "prefect-deployment.png")
+        _screenshot(page, "prefect-deployment.png")
     assert not refused, refused
 
 
@@ -141,3 +145,11 @@ class _schedule_shown_active:
     def __exit__(self, *exc: object) -> None:
         self._set(False)
         self.stack.settle()
+
+
+def _screenshot(page: Any, name: str) -> None:
+    """Save a screenshot (to docs/ when refreshing them) and check it is a real picture."""
+    folder = DOCS or Path(tempfile.mkdtemp(prefix="inventory-sync-ui-"))
+    page.screenshot(path=folder / name)
+    data = (folder / name).read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 10_000, f"{name} looks empty"
