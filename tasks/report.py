@@ -104,8 +104,13 @@ class RunSummary:
             out.append("Flagged rows: none")
         out.append("Products:")
         out += [f"  {status:<48} {n:>9}" for status, n in self.products.items() if n]
-        delta = "full run: every product sent" if self.full else f"{self.unchanged} unchanged"
-        out.append(f"  {'(of those to send) ' + delta:<48}")
+        if self.full:
+            out.append(f"Full run: all {self.to_send} product(s) to send, changed or not.")
+        else:
+            out.append(
+                f"Changed since the last push: {self.to_send}; unchanged (not sent): "
+                f"{self.unchanged}."
+            )
         out += [f"Note: {note}" for note in self.notes]
         if self.dry_run:
             out.append(f"Would send {self.to_send} product(s) in {self.chunks} chunk(s).")
