@@ -18,7 +18,7 @@ UNTRACKED_SHARE = 0.01
 AMBIGUOUS_EVERY = 50_000  # one vendorSku carried by two catalog products per this many
 NO_SKU_EVERY = 100_000  # one tracked product without a vendorSku per this many
 BAD_ROW_SHARE = 0.0001  # of rows, for each kind of bad row (empty SKU, unknown SKU, "abc", ...)
-FORMAT = 1  # bump when the files change shape, so cached data sets are made again
+FORMAT = 2  # bump when the files change shape, so cached data sets are made again
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,18 @@ class Dataset:
 
     @property
     def catalog_json(self) -> Path:
-        return self.folder / "catalog.json"
+        """The sandbox's catalog file, written from catalog.csv the first time it is asked for."""
+        path = self.folder / "catalog.json"
+        if not path.exists():
+            catalog = pl.read_csv(self.catalog_csv, infer_schema=False).select(
+                "id",
+                "vendorSku",
+                pl.format("Product {}", pl.int_range(pl.len())).alias("name"),
+                (pl.col("isInventoryTrackingEnabled") == "true").alias("tracked"),
+                (pl.col("isBackorderingEnabled") == "true").alias("backorder"),
+            )
+            write_catalog_json(catalog, path)
+        return path
 
     @property
     def feeds(self) -> list[Path]:
@@ -51,7 +62,7 @@ def warehouse_names() -> list[str]:
 
 
 def generate(folder: Path, products: int, seed: int = 1) -> Dataset:
-    """Write catalog.csv, catalog.json and feeds/wh-00.csv … wh-09.csv, unless already there."""
+    """Write catalog.csv and feeds/wh-00.csv … wh-09.csv, unless already there."""
     manifest = folder / "manifest.json"
     wanted = {"products": products, "seed": seed, "format": FORMAT}
     if manifest.exists():
@@ -68,7 +79,6 @@ def generate(folder: Path, products: int, seed: int = 1) -> Dataset:
         pl.col("tracked").alias("isInventoryTrackingEnabled"),
         pl.col("backorder").alias("isBackorderingEnabled"),
     ).write_csv(folder / "catalog.csv")
-    write_catalog_json(catalog, folder / "catalog.json")
     rows = 0
     for name in warehouse_names():
         feed = feed_frame(catalog["vendorSku"], rng)
@@ -137,15 +147,19 @@ def feed_frame(catalog_skus: pl.Series, rng: np.random.Generator) -> pl.DataFram
     rows = product.size
     quantity = rng.integers(0, 60, size=rows)
     style = rng.random(rows)
-    frame = pl.DataFrame(
-        {
-            "sku": catalog_skus.gather(product),
-            "aisle": rng.integers(1, 40, size=rows),
-            "shelf": rng.integers(1, 30, size=rows),
-            "quantity": quantity,
-            "style": style,
-        }
-    ).filter(pl.col("sku").is_not_null())
+    frame = (
+        pl.DataFrame(
+            {
+                "sku": catalog_skus.gather(product),
+                "aisle": rng.integers(1, 40, size=rows),
+                "shelf": rng.integers(1, 30, size=rows),
+                "quantity": quantity,
+                "style": style,
+            }
+        )
+        .filter(pl.col("sku").is_not_null())
+        .sort("aisle", "shelf", maintain_order=True)
+    )
     text = pl.col("quantity").cast(pl.String)
     bad = pl.col("style")
     share = BAD_ROW_SHARE
@@ -170,7 +184,7 @@ def feed_frame(catalog_skus: pl.Series, rng: np.random.Generator) -> pl.DataFram
         .otherwise(text)
         .alias("qty"),
     )
-    return frame.sort("bin", maintain_order=True)
+    return frame  # in bin order, as a warehouse system exports it
 
 
 def change_quantities(dataset: Dataset, share: float, seed: int = 2) -> int:
