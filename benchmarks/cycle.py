@@ -17,7 +17,14 @@ from typing import Any
 
 from benchmarks import dataset as data
 from benchmarks.machine import load_average
-from benchmarks.processes import BIN, Measured, prefect_server, run_measured, sandbox_server
+from benchmarks.processes import (
+    BIN,
+    Measured,
+    PrefectServer,
+    prefect_server,
+    run_measured,
+    sandbox_server,
+)
 from benchmarks.transform import DEFAULT_ROOT
 
 PRODUCTS = 1_000_000
@@ -140,11 +147,13 @@ def measure(
             if not variants:
                 break
         with (
-            prefect_server(work / "prefect") if api is None else nullcontext(api) as api_url,
+            prefect_server(work / "prefect")
+            if api is None
+            else nullcontext(PrefectServer(api, None)) as server,
             sandbox_server(dataset.catalog_json, 100_000, work) as sandbox,
         ):
             env = {
-                "PREFECT_API_URL": api_url,
+                "PREFECT_API_URL": server.api,
                 "LIGHTSPEED_BASE_URL": sandbox.url,
                 "LIGHTSPEED_TOKEN": sandbox.token,
             }

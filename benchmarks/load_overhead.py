@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 from benchmarks import dataset as data
 from benchmarks.machine import load_average
 from benchmarks.processes import (
+    PrefectServer,
     last_json,
     prefect_server,
     python_module,
@@ -53,10 +55,60 @@ def bare_loop(url: str, token: str, chunks: list[Any], concurrency: int) -> None
             list(pool.map(put, chunks))
 
 
+def prefect_floor(chunks: list[Any], concurrency: int) -> None:
+    """The same number of Prefect task runs, with the same parameters, that send nothing."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    @task(name="noop-chunk", cache_policy=NO_CACHE)
+    def noop_chunk(chunk: Any, number: int) -> int:
+        return int(chunk.height)
+
+    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:  # type: ignore[var-annotated]
+        futures = [
+            runner.submit(noop_chunk, parameters={"chunk": c, "number": n})
+            for n, c in enumerate(chunks, start=1)
+        ]
+        for future in futures:
+            future.result()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pid: int | None, limit: float = 60.0) -> float:
+    """Wait until the Prefect server has digested the last trial's task runs; seconds waited.
+
+    It does so after a trial returns, on the same cores: without this wait, its work for
+    one trial slowed the next.
+    """
+    if pid is None:
+        return 0.0
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before < 0.05:
+            break
+    return time.perf_counter() - started
+
+
 def run_trials(
-    url: str, token: str, payload_file: Path, trials: list[dict[str, Any]]
+    url: str,
+    token: str,
+    payload_file: Path,
+    trials: list[dict[str, Any]],
+    pids: dict[str, int],
 ) -> list[dict[str, Any]]:
-    """In the child, inside one Prefect flow run: each trial's seconds, bare or pipeline."""
+    """In the child, inside one Prefect flow run: each trial's seconds and CPU per process.
+
+    `pids` names the other processes whose CPU to count (server, sandbox); this one is "client".
+    """
+    pids = {"client": os.getpid(), **pids}
     import polars as pl
     from prefect import flow
     from pydantic import SecretStr
@@ -72,10 +124,13 @@ def run_trials(
         results = []
         for trial in trials:
             chunk, concurrency = int(trial["chunk"]), int(trial["concurrency"])
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             started = time.perf_counter()
+            failed = 0
             if trial["kind"] == "bare":
                 bare_loop(url, token, split_into_chunks(payload, chunk), concurrency)
-                failed = 0
+            elif trial["kind"] == "prefect":
+                prefect_floor(split_into_chunks(payload, chunk), concurrency)
             else:
                 settings = LightspeedSettings(
                     base_url=url, chunk_size=chunk, max_concurrency=concurrency, timeout_seconds=60
@@ -85,7 +140,10 @@ def run_trials(
                         payload, settings, SecretStr(token), state, "bench"
                     )  # as the flow
                 failed = len(outcome.failed)
-            results.append({**trial, "seconds": time.perf_counter() - started, "failed": failed})
+            seconds = time.perf_counter() - started
+            waited = settle(pids.get("server"))
+            cpu = {f"cpu_{n}": cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
+            results.append({**trial, "seconds": seconds, "failed": failed, "settle": waited, **cpu})
         return results
 
     return trials_flow()
@@ -104,6 +162,21 @@ class LoadResult:
             for t in self.trials
             if (t["kind"], t["chunk"], t["concurrency"]) == (kind, chunk, concurrency)
         ]
+
+    def cpu(self, kind: str, chunk: int, concurrency: int) -> tuple[float, float, float]:
+        """Median CPU seconds of (client, Prefect server, sandbox) over the matching trials."""
+        matching = [
+            t
+            for t in self.trials
+            if (t["kind"], t["chunk"], t["concurrency"]) == (kind, chunk, concurrency)
+        ]
+        client, server, sandbox = (
+            statistics.median(float(t.get(f"cpu_{name}", 0.0)) for t in matching)
+            if matching
+            else 0.0
+            for name in ("client", "server", "sandbox")
+        )
+        return client, server, sandbox
 
     def median(self, kind: str, chunk: int, concurrency: int) -> float:
         return statistics.median(self.times(kind, chunk, concurrency))
@@ -146,7 +219,14 @@ class LoadResult:
             f"{self.median('pipeline', *default):6.2f} s",
             f"  bare httpx loop:                                      "
             f"{self.median('bare', *default):6.2f} s",
+            f"  the same task runs doing nothing (Prefect's floor):   "
+            f"{self.median('prefect', *default):6.2f} s",
             f"  ratio {self.ratio:.2f}x",
+            "  CPU seconds (client, Prefect server incl. its digest afterwards, sandbox):",
+            *[
+                f"    {kind:<9} " + ", ".join(f"{v:.2f}" for v in self.cpu(kind, *default))
+                for kind in ("bare", "prefect", "pipeline")
+            ],
             "  sweep (chunk, concurrency: pipeline s / bare s, products/s):",
         ]
         out += [
@@ -161,7 +241,7 @@ class LoadResult:
 def plan_trials(sweep: bool) -> list[dict[str, Any]]:
     trials = []
     for _ in range(ROUNDS):
-        for kind in ("bare", "pipeline"):
+        for kind in ("bare", "prefect", "pipeline"):
             trials.append(
                 {"kind": kind, "chunk": DEFAULT_CHUNK, "concurrency": DEFAULT_CONCURRENCY}
             )
@@ -201,7 +281,9 @@ def measure(
         trials_file = scratch / "trials.json"
         trials_file.write_text(json.dumps(plan_trials(sweep)))
         with (
-            prefect_server(scratch / "prefect") if api is None else nullcontext(api) as api_url,
+            prefect_server(scratch / "prefect")
+            if api is None
+            else nullcontext(PrefectServer(api, None)) as server,
             sandbox_server(dataset.catalog_json, 100_000, scratch) as sandbox,
         ):
             child = run_measured(
@@ -212,7 +294,12 @@ def measure(
                     str(payload_file),
                     str(trials_file),
                 ),
-                env={"PREFECT_API_URL": api_url, "LIGHTSPEED_TOKEN": sandbox.token},
+                env={
+                    "PREFECT_API_URL": server.api,
+                    "LIGHTSPEED_TOKEN": sandbox.token,
+                    "BENCH_PREFECT_SERVER_PID": str(server.pid or ""),
+                    "BENCH_SANDBOX_PID": str(sandbox.pid),
+                },
             )
             if child.returncode != 0:
                 raise RuntimeError(f"load benchmark failed:\n{child.output[-3000:]}")
@@ -233,11 +320,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", nargs=3, metavar=("URL", "PAYLOAD", "TRIALS"))
     args = parser.parse_args(argv)
     if args.worker:
-        import os
-
         url, payload, trials = args.worker
+        pids = {
+            name: int(os.environ[variable])
+            for name, variable in (
+                ("server", "BENCH_PREFECT_SERVER_PID"),
+                ("sandbox", "BENCH_SANDBOX_PID"),
+            )
+            if os.environ.get(variable)
+        }
         results = run_trials(
-            url, os.environ["LIGHTSPEED_TOKEN"], Path(payload), json.loads(Path(trials).read_text())
+            url,
+            os.environ["LIGHTSPEED_TOKEN"],
+            Path(payload),
+            json.loads(Path(trials).read_text()),
+            pids,
         )
         print(json.dumps({"trials": results}))
         return

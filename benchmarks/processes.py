@@ -137,9 +137,17 @@ def _answers(url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class PrefectServer:
+    """A running `prefect server start`: its API URL and process id."""
+
+    api: str
+    pid: int | None
+
+
 @contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """`prefect server start` on a free port, SQLite under `home`; yields its API URL."""
+def prefect_server(home: Path) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free port, SQLite under `home`."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -148,7 +156,7 @@ def prefect_server(home: Path) -> Iterator[str]:
     log = home / "server.log"
     with _process(argv, env, log) as process:
         _wait_until(lambda: _answers(f"{api}/health"), process, log, timeout=120)
-        yield api
+        yield PrefectServer(api, process.pid)
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class Sandbox:
 
     url: str
     token: str
+    pid: int
 
     def requests(self) -> list[dict[str, Any]]:
         """The sandbox's request log since its last reset."""
@@ -189,4 +198,4 @@ def sandbox_server(catalog: Path, max_products: int, folder: Path) -> Iterator[S
     log = folder / f"sandbox-{port}.log"
     with _process(argv, {"LIGHTSPEED_TOKEN": token}, log) as process:
         _wait_until(lambda: _answers(f"{url}/_sandbox/faults"), process, log, timeout=300)
-        yield Sandbox(url, token)
+        yield Sandbox(url, token, process.pid)

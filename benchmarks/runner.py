@@ -214,7 +214,27 @@ def _load_section(results: Results) -> list[str]:
         "process) with a local Prefect server (its own process): the pipeline's `load()` "
         "(a Prefect task run per chunk, retries, a state commit per chunk, progress artifact) "
         "against a bare httpx loop with a thread pool sending the same chunks with the same "
-        f"concurrency, alternating, median of {load_overhead.ROUNDS} [load {part.load}].",
+        f"concurrency, alternating, median of {load_overhead.ROUNDS} [load {part.load}]. "
+        "A third arm runs the same number of Prefect task runs, with the same chunks as "
+        "parameters, doing nothing: what orchestration alone costs. CPU seconds are per "
+        "process; the Prefect server's include the digest it does after a trial returns "
+        "(the next trial waits for it, so one trial's digest does not slow the next).",
+        "",
+        *_table(
+            ["at the default", "seconds", "client CPU s", "Prefect server CPU s", "sandbox CPU s"],
+            [
+                [
+                    label,
+                    f"{part.median(kind, *default):.2f}",
+                    *[f"{v:.2f}" for v in part.cpu(kind, *default)],
+                ]
+                for kind, label in (
+                    ("bare", "bare httpx loop"),
+                    ("prefect", "Prefect task runs doing nothing"),
+                    ("pipeline", "the pipeline's load()"),
+                )
+            ],
+        ),
         "",
         *_table(
             [
