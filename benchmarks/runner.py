@@ -93,7 +93,9 @@ def render(results: Results) -> str:
         f"Written by `{results.command}` on {results.started:%Y-%m-%d %H:%M} UTC in "
         f"{results.seconds / 60:.1f} min; do not edit by hand. Machine: {describe()}. "
         f"Load average at the start: {results.load_at_start}. Every figure carries the load "
-        "average (1, 5, 15 min) when it was taken: on a shared machine, compare with care.",
+        "average (1, 5, 15 min) when it was taken: on a shared machine, compare with care. "
+        "No plots: matplotlib is not among the project's dependencies; the size and sweep "
+        "tables stand in for the curves.",
         "",
         "## Targets",
         "",
@@ -257,6 +259,17 @@ def _load_section(results: Results) -> list[str]:
                 for chunk, conc, p, b in part.sweep()
             ],
         ),
+    ]
+    chunks = -(-part.products // default[0])
+    bare, floor, pipeline = (part.cpu(k, *default) for k in ("bare", "prefect", "pipeline"))
+    out += [
+        "",
+        f"Per chunk at the default ({chunks} chunks): the bare loop uses "
+        f"{1000 * bare[0] / chunks:.1f} ms of client CPU; Prefect's task run alone "
+        f"{1000 * (floor[0] - bare[0]) / chunks:.1f} ms more in the client and "
+        f"{1000 * floor[1] / chunks:.0f} ms in the Prefect server; the pipeline's own work "
+        f"(state commit, body, client, logging) {1000 * (pipeline[0] - floor[0]) / chunks:.1f} "
+        "ms of client CPU per chunk beyond Prefect's.",
     ]
     if part.sweep():
         chunk, conc, seconds = part.best()
