@@ -162,6 +162,10 @@ def measure(
                 sandbox.reset_log()
                 argv = [str(BIN / "inventory-sync"), "run", "--config", str(config), *extra]
                 child = run_measured(argv, env=env, timeout=900)
+                logs = root / "cycle-logs"  # the flow's own log, with a timestamp per stage
+                logs.mkdir(parents=True, exist_ok=True)
+                slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:60]
+                (logs / f"{slug}.log").write_text(child.output, encoding="utf-8")
                 if child.returncode != 0:
                     raise RuntimeError(f"{label} failed:\n{child.output[-4000:]}")
                 counts, bytes_in, bytes_out = _traffic(sandbox.requests())

@@ -267,9 +267,9 @@ def _load_section(results: Results) -> list[str]:
         f"Per chunk at the default ({chunks} chunks): the bare loop uses "
         f"{1000 * bare[0] / chunks:.1f} ms of client CPU; Prefect's task run alone "
         f"{1000 * (floor[0] - bare[0]) / chunks:.1f} ms more in the client and "
-        f"{1000 * floor[1] / chunks:.0f} ms in the Prefect server; the pipeline's own work "
-        f"(state commit, body, client, logging) {1000 * (pipeline[0] - floor[0]) / chunks:.1f} "
-        "ms of client CPU per chunk beyond Prefect's.",
+        f"{1000 * floor[1] / chunks:.0f} ms in the Prefect server; the pipeline's task runs "
+        f"use {1000 * (pipeline[0] - floor[0]) / chunks:.1f} ms more client CPU each than "
+        "empty ones (HTTP, body, state commit, and Prefect's engine doing more for them).",
     ]
     if part.sweep():
         chunk, conc, seconds = part.best()
