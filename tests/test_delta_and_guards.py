@@ -246,7 +246,11 @@ def test_drift_is_reported_and_resent_next_run(six, sandbox):
 
 def test_dry_run_shows_the_diff(six, sandbox, tmp_path, prefect_api):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
     run(six)
     write_feed(tmp_path / "east.csv", {f"S{i}": 10 + i for i in range(6)} | {"S3": 40, "S5": 1})
@@ -258,8 +262,10 @@ def test_dry_run_shows_the_diff(six, sandbox, tmp_path, prefect_api):
     assert f"S3 ({pid('S3')}): 13 → 40" in summary.render()
     with get_client(sync_client=True) as client:
         [artifact] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dry-run-diff"])),
-            limit=1,
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["dry-run-diff"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            ),
         )
     assert {"vendorSku": "S3", "id": pid("S3"), "old": 13, "new": 40} in eval_table(artifact.data)
 
