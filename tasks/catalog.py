@@ -97,22 +97,47 @@ def catalog_from_csv(path: str) -> pl.DataFrame:
             f"catalog file {path}: missing column(s) {', '.join(missing)}; "
             f"found {', '.join(raw.columns) or 'none'}"
         )
-    rows = raw.to_dicts()
-    ids, skus, tracked, backorder = [], [], [], []
-    for line, row in enumerate(rows, start=2):
-        pid = (row.get("id") or "").strip()
-        if not pid:
-            raise CatalogError(f"catalog file {path}, line {line}: empty id")
-        where = f"catalog file {path}, line {line}, column"
-        ids.append(pid)
-        skus.append((row.get("vendorSku") or "").strip() or None)
-        tracked.append(parse_flag(row.get(TRACKED), f"{where} {TRACKED}"))
-        backorder.append(parse_flag(row.get(BACKORDER), f"{where} {BACKORDER}"))
-    frame = pl.DataFrame(
-        {"id": ids, "vendorSku": skus, "tracked": tracked, "backorder": backorder},
-        schema={k: v for k, v in CATALOG_SCHEMA.items() if k != "platform_quantity"},
-    ).with_columns(pl.lit(None, pl.Int64).alias("platform_quantity"))
+    # vectorised: a million-product catalog is read in about a second, not row by row
+    parsed = raw.with_row_index("line", offset=2).select(
+        "line",
+        _blank_to_null(pl.col("id")).alias("id"),
+        _blank_to_null(pl.col("vendorSku")).alias("vendorSku"),
+        _flag_expr(TRACKED).alias("tracked"),
+        _flag_expr(BACKORDER).alias("backorder"),
+        pl.col(TRACKED).alias("tracked_text"),
+        pl.col(BACKORDER).alias("backorder_text"),
+    )
+    empty = parsed.filter(pl.col("id").is_null())
+    if empty.height:
+        raise CatalogError(f"catalog file {path}, line {empty['line'][0]}: empty id")
+    for column, flag in ((TRACKED, "tracked"), (BACKORDER, "backorder")):
+        bad = parsed.filter(pl.col(flag).is_null())
+        if bad.height:
+            raise CatalogError(
+                f"catalog file {path}, line {bad['line'][0]}, column {column}: "
+                f"not a boolean flag: {bad[f'{flag}_text'][0]!r}"
+            )
+    frame = parsed.select(
+        "id", "vendorSku", "tracked", "backorder", pl.lit(None, pl.Int64).alias("platform_quantity")
+    )
     return _unique_ids(frame, f"catalog file {path}")
+
+
+def _blank_to_null(text: pl.Expr) -> pl.Expr:
+    stripped = text.str.strip_chars()
+    return pl.when(stripped != "").then(stripped)
+
+
+def _flag_expr(column: str) -> pl.Expr:
+    """parse_flag as an expression: true/false/[true]/1/0/blank; anything else becomes null."""
+    text = pl.col(column).fill_null("").str.strip_chars().str.strip_chars("[]").str.strip_chars()
+    text = text.str.to_lowercase()
+    return (
+        pl.when(text.is_in(["", "false", "0"]))
+        .then(False)
+        .when(text.is_in(["true", "1"]))
+        .then(True)
+    )
 
 
 def _unique_ids(frame: pl.DataFrame, where: str) -> pl.DataFrame:
