@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
-from benchmarks import dataset as data
+from benchmarks import dataset as data  # the repo root is on pytest's pythonpath
 from benchmarks.runner import SMOKE, render, run_all
 
 pytestmark = pytest.mark.slow
