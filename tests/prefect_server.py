@@ -68,15 +68,23 @@ class ServerStack:
             if run.state is not None and not run.state.is_final():
                 self.wait(run.id)
 
-    def task_runs(self, flow_run_id: UUID) -> list[Any]:
+    def task_runs(self, flow_run_id: UUID, timeout: float = 30) -> list[Any]:
+        """The run's task runs, once every one is in a final state (they arrive as events)."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+        deadline = time.monotonic() + timeout
         with self.client() as client:
-            return list(
-                client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            while True:
+                runs = list(
+                    client.read_task_runs(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                    )
                 )
-            )
+                if all(r.state is not None and r.state.is_final() for r in runs):
+                    return runs
+                if time.monotonic() > deadline:
+                    return runs
+                time.sleep(0.3)
 
     def artifacts(self, flow_run_id: UUID) -> dict[str, Any]:
         """The run's artifacts by key."""

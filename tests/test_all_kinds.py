@@ -162,15 +162,16 @@ def _assert_secrets_stay_secret(flow_run_id) -> None:
 
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
         deadline, logs = time.monotonic() + 20, []
         while time.monotonic() < deadline and not any("'lite'" in log.message for log in logs):
             time.sleep(0.3)  # logs are shipped in batches
             logs = client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
             )
+        # task-run states arrive as events too, after the flow returned: read them last
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
     extracts = {t.name: t for t in task_runs if t.name.startswith("extract ")}
     assert set(extracts) == {f"extract {n}" for n in ("east", "north", "drop", "wms", "pg", "lite")}
     assert all(t.state.is_completed() for t in extracts.values())

@@ -287,9 +287,17 @@ def test_the_ui_gets_artifacts_and_one_task_run_per_chunk(
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+        # task-run states reach the server as events, a moment after the flow returns
+        deadline = time.monotonic() + 30
+        while True:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            chunk_runs = [t for t in task_runs if t.name.startswith("chunk ")]
+            settled = len(chunk_runs) == 3 and all(t.state.is_completed() for t in chunk_runs)
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
     by_key = {a.key: a for a in artifacts}
     assert {"sync-summary", "quarantine", "load-progress"} <= set(by_key)
     assert "Sent 6 of 6 product(s)" in by_key["sync-summary"].data
