@@ -20,11 +20,11 @@ $(STAMP): requirements.lock pyproject.toml
 ## run: Prefect server and UI on 127.0.0.1:4200 (PORT=... to move it), the sandbox API, the
 ##      deployments, a worker and one sync right away; Ctrl-C stops everything
 run: $(STAMP)
-	$(BIN)/inventory-sync local-stack --port $(or $(PORT),4200)
+	$(BIN)/inventory-sync-dev local-stack --port $(or $(PORT),4200)
 
 ## demo: one sync of the demo feeds against the local sandbox API, then print the summary
 demo: $(STAMP)
-	$(BIN)/inventory-sync demo
+	$(BIN)/inventory-sync-dev demo
 
 ## test: the whole suite (real HTTP on loopback, real Prefect, real GX)
 test: $(STAMP)

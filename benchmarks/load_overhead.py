@@ -42,7 +42,7 @@ def bare_loop(url: str, token: str, chunks: list[Any], concurrency: int) -> None
     """PUT each chunk with a plain httpx client and a thread pool: the cost of the HTTP alone."""
     import httpx
 
-    from tasks.load import chunk_body
+    from tasks.lightspeed.load import chunk_body
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -114,7 +114,7 @@ def run_trials(
     from pydantic import SecretStr
 
     from tasks.config import LightspeedSettings
-    from tasks.load import load, split_into_chunks
+    from tasks.lightspeed.load import load, split_into_chunks
     from tasks.state import StateStore
 
     payload = pl.read_parquet(payload_file)

@@ -180,12 +180,12 @@ class Sandbox:
 
 @contextmanager
 def sandbox_server(catalog: Path, max_products: int, folder: Path) -> Iterator[Sandbox]:
-    """`inventory-sync sandbox` on a free port, serving `catalog`, in a child process."""
+    """`inventory-sync-dev sandbox` on a free port, serving `catalog`, in a child process."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     token = "bench-token"
     argv = [
-        str(BIN / "inventory-sync"),
+        str(BIN / "inventory-sync-dev"),
         "sandbox",
         "--port",
         str(port),

@@ -212,7 +212,7 @@ def _load_section(results: Results) -> list[str]:
     out = [
         "## 3. Load overhead",
         "",
-        f"{part.products:,} products to the sandbox API (`inventory-sync sandbox`, its own "
+        f"{part.products:,} products to the sandbox API (`inventory-sync-dev sandbox`, its own "
         "process) with a local Prefect server (its own process): the pipeline's `load()` "
         "(a Prefect task run per chunk, retries, a state commit per chunk, progress artifact) "
         "against a bare httpx loop with a thread pool sending the same chunks with the same "

@@ -49,12 +49,12 @@ def run_pipeline(dataset: data.Dataset, payload_out: Path | None = None) -> dict
     """The flow's stages 1-4 with its own functions; seconds per stage and what came out."""
     import polars as pl
 
-    from tasks.catalog import catalog_from_csv
-    from tasks.check_payload import check_payload
-    from tasks.check_rows import check_rows
-    from tasks.extract import Extracted
+    from tasks.checks.payload import check_payload
+    from tasks.checks.rows import check_rows
+    from tasks.lightspeed.catalog import catalog_from_csv
     from tasks.reconcile import reconcile
-    from tasks.warehouse_files import read_csv_feed
+    from tasks.sources.extract import Extracted
+    from tasks.sources.files import read_csv_feed
 
     settings = warehouses(dataset)
     seconds: dict[str, float] = {}

@@ -11,25 +11,25 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from tasks.catalog import read_catalog_task
-from tasks.check_payload import check_payload_task
-from tasks.check_rows import check_rows_task
+from tasks.checks.payload import check_payload_task
+from tasks.checks.rows import check_rows_task
 from tasks.config import apply_run_options, load_settings, resolve_token, select_warehouses
-from tasks.extract import archive_processed, extract_all
+from tasks.delta import plan_changes
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_breaker
-from tasks.lightspeed import retry_policy
-from tasks.load import load
-from tasks.plan import plan_changes
+from tasks.lightspeed.catalog import read_catalog_task
+from tasks.lightspeed.client import retry_policy
+from tasks.lightspeed.load import load
+from tasks.lightspeed.read_back import read_back
 from tasks.reconcile import reconcile_task
-from tasks.report import (
+from tasks.sources.extract import archive_processed, extract_all
+from tasks.state import StateStore
+from tasks.summary import (
     RunSummary,
     emit_run_event,
     publish_artifacts,
     summarize,
     write_files,
 )
-from tasks.state import StateStore
-from tasks.verify import read_back
 
 
 class SyncFailed(Exception):

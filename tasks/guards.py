@@ -16,8 +16,8 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import Field
 
 from tasks.config import GuardSettings, Warehouse
-from tasks.extract import Extracted
-from tasks.feeds import Feed
+from tasks.sources.extract import Extracted
+from tasks.sources.feed import Feed
 from tasks.state import FeedMark, StateStore
 
 

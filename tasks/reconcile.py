@@ -10,7 +10,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.check_rows import CheckedRows
+from tasks.checks.rows import CheckedRows
 from tasks.config import MAX_QUANTITY, WarehouseBase
 
 # What happens to each catalog product this run, in order of precedence.

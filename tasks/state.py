@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.feeds import Feed
+from tasks.sources.feed import Feed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pushed (

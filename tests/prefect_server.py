@@ -14,7 +14,7 @@ from uuid import UUID
 import httpx
 import pytest
 
-from flows.local_stack import (
+from devstack.local_stack import (
     DEPLOYMENTS,
     LocalStack,
     free_port,

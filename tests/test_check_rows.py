@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from tasks.check_payload import PayloadInvalid, check_payload
-from tasks.check_rows import check_rows
-from tasks.suites import SUITES_DIR
+from tasks.checks.payload import PayloadInvalid, check_payload
+from tasks.checks.rows import check_rows
+from tasks.checks.suites import SUITES_DIR
 
 CATALOG = pl.DataFrame(
     {

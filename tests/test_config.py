@@ -122,7 +122,7 @@ def test_token_from_a_prefect_secret_block(tmp_path, prefect_api):
 
 
 def test_catalog_file_must_have_every_column_and_be_utf8(tmp_path):
-    from tasks.catalog import CatalogError, catalog_from_csv
+    from tasks.lightspeed.catalog import CatalogError, catalog_from_csv
 
     good = tmp_path / "good.csv"
     good.write_bytes(

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 
-from flows.local_stack import LocalStack, ManagedProcess, descendants, is_running, port_in_use
+from devstack.local_stack import LocalStack, ManagedProcess, descendants, is_running, port_in_use
 
 
 def local_stack(*args: str, tmp_path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "local-stack", "--dir", str(tmp_path / "demo"), *args],
+        [sys.executable, "-m", "devstack.cli", "local-stack", "--dir", str(tmp_path / "demo"), *args],
         env=env,
         capture_output=True,
         text=True,

@@ -17,7 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from flows.local_stack import (
+from devstack.demo import demo_catalog, expected_quantities
+from devstack.local_stack import (
     DEPLOYMENTS,
     FLOW_NAME,
     descendants,
@@ -26,7 +27,6 @@ from flows.local_stack import (
     port_in_use,
     prefect_client,
 )
-from sandbox.demo import demo_catalog, expected_quantities
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ STARTUP_TIMEOUT = 300
 
 @dataclass
 class CliStack:
-    """`inventory-sync local-stack` running in a subprocess, and what it printed."""
+    """`inventory-sync-dev local-stack` running in a subprocess, and what it printed."""
 
     process: subprocess.Popen[bytes]
     output: Path
@@ -72,7 +72,7 @@ def cli_stack(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
     }
     port = free_port()
     output = root / "output.txt"
-    command = [sys.executable, "-m", "flows.cli", "local-stack", "--port", str(port)]
+    command = [sys.executable, "-m", "devstack.cli", "local-stack", "--port", str(port)]
     command += ["--sandbox-port", "0", "--dir", str(root / "demo"), "--timezone", "Europe/Paris"]
     with output.open("wb") as sink:
         process = subprocess.Popen(

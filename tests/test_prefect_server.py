@@ -12,8 +12,8 @@ import pytest
 import yaml
 from prefect.exceptions import PrefectHTTPStatusError
 
-from flows.local_stack import EVERY_15_MINUTES, NIGHTLY_FULL, PROJECT_ROOT, WORK_POOL
-from sandbox.demo import expected_quantities
+from devstack.demo import expected_quantities
+from devstack.local_stack import EVERY_15_MINUTES, NIGHTLY_FULL, PROJECT_ROOT, WORK_POOL
 from sandbox.server import Fault
 
 pytest_plugins = ["prefect_server"]

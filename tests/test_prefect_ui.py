@@ -13,7 +13,7 @@ from uuid import UUID
 import pytest
 from playwright.sync_api import expect
 
-from flows.local_stack import EVERY_15_MINUTES, PROJECT_ROOT, deployment_url, flow_run_url
+from devstack.local_stack import EVERY_15_MINUTES, PROJECT_ROOT, deployment_url, flow_run_url
 
 pytest_plugins = ["prefect_server"]
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.load import chunk_body, split_into_chunks
+from tasks.lightspeed.load import chunk_body, split_into_chunks
 from tasks.reconcile import (
     HELD_AMBIGUOUS,
     HELD_BAD_ROWS,

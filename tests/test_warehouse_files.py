@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from tasks.config import CsvWarehouse, ParquetWarehouse
-from tasks.extract import read_feed
-from tasks.feeds import WarehouseUnreadable
+from tasks.sources.extract import read_feed
+from tasks.sources.feed import WarehouseUnreadable
 
 
 def csv_wh(path: Path | str, **extra) -> CsvWarehouse:

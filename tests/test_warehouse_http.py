@@ -11,9 +11,9 @@ from pydantic import SecretStr
 from wms_server import API_KEY, WmsServer
 
 from tasks.config import HttpWarehouse
-from tasks.extract import Extracted, ExtractFailed, extract_all
-from tasks.feeds import WarehouseUnavailable, WarehouseUnreadable
-from tasks.warehouse_http import read_http_feed
+from tasks.sources.extract import Extracted, ExtractFailed, extract_all
+from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
+from tasks.sources.wms_api import read_http_feed
 
 KEY = {"auth_value": SecretStr(API_KEY)}
 RECORDS = [

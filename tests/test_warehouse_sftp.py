@@ -14,9 +14,9 @@ from pydantic import SecretStr
 from sftp_server import KEY_USER, PASSWORD, PASSWORD_USER, SftpServer
 
 from tasks.config import SftpWarehouse
-from tasks.extract import archive_processed, extract_all
-from tasks.feeds import WarehouseUnavailable, WarehouseUnreadable
-from tasks.warehouse_sftp import archive_sftp_file, read_sftp_feed
+from tasks.sources.extract import archive_processed, extract_all
+from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
+from tasks.sources.sftp_drop import archive_sftp_file, read_sftp_feed
 
 GOOD = {"password": SecretStr(PASSWORD)}
 

@@ -10,8 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from tasks.config import SqlWarehouse
-from tasks.feeds import WarehouseUnavailable, WarehouseUnreadable
-from tasks.warehouse_sql import read_sql_feed
+from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
+from tasks.sources.sql_query import read_sql_feed
 
 QUERY = "SELECT sku, qty FROM stock ORDER BY id"
 

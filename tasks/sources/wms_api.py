@@ -19,7 +19,7 @@ import polars as pl
 from pydantic import SecretStr
 
 from tasks.config import HttpWarehouse
-from tasks.feeds import Feed, WarehouseUnavailable, WarehouseUnreadable, feed_frame
+from tasks.sources.feed import Feed, WarehouseUnavailable, WarehouseUnreadable, feed_frame
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 60.0

@@ -14,7 +14,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlche
 from sqlalchemy.pool import NullPool
 
 from tasks.config import SqlWarehouse
-from tasks.feeds import Feed, WarehouseUnavailable, WarehouseUnreadable, feed_frame
+from tasks.sources.feed import Feed, WarehouseUnavailable, WarehouseUnreadable, feed_frame
 
 # PostgreSQL error classes worth a retry: connection exception, insufficient resources,
 # operator intervention (server shutting down), transaction rollback (serialization, deadlock).

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from tasks.config import CsvWarehouse, ParquetWarehouse, SftpWarehouse
-from tasks.feeds import Feed, WarehouseUnreadable, feed_frame
+from tasks.sources.feed import Feed, WarehouseUnreadable, feed_frame
 
 UTF8_BOM = b"\xef\xbb\xbf"
 

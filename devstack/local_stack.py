@@ -342,7 +342,7 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         """Start everything in order; each step waits until the previous one answers."""
-        from sandbox.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, write_demo
+        from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, write_demo
         from sandbox.server import SandboxServer
 
         self.check()
@@ -529,7 +529,7 @@ class LocalStack:
                 signal.signal(signum, handler)
 
 
-# the `inventory-sync local-stack` command
+# the `inventory-sync-dev local-stack` command
 
 
 def _stop_on(signum: int, frame: FrameType | None) -> None:
@@ -570,7 +570,7 @@ def run_local_stack(home: Path, folder: Path, port: int, sandbox_port: int, time
 
 def _first_run(stack: LocalStack) -> None:
     """Trigger one run now, follow it to the end, and print what it did."""
-    from sandbox.demo import expected_quantities
+    from devstack.demo import expected_quantities
 
     run_id = stack.trigger()
     print(

@@ -8,8 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from tasks.config import LightspeedSettings
-from tasks.lightspeed import LightspeedClient, retry_policy
-from tasks.load import LoadOutcome
+from tasks.lightspeed.client import LightspeedClient, retry_policy
+from tasks.lightspeed.load import LoadOutcome
 from tasks.state import StateStore
 
 DRIFT_SCHEMA = {"id": pl.String, "vendorSku": pl.String, "pushed": pl.Int64, "platform": pl.Int64}

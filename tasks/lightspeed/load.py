@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
 from tasks.config import LightspeedSettings
-from tasks.lightspeed import (
+from tasks.lightspeed.client import (
     FatalError,
     LightspeedClient,
     LightspeedError,

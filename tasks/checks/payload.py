@@ -6,7 +6,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.suites import ROW_ID, validate_distinct
+from tasks.checks.suites import ROW_ID, validate_distinct
 
 SUITE = "payload"
 

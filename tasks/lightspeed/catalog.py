@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from tasks.config import CatalogSettings, LightspeedSettings
-from tasks.lightspeed import LightspeedClient
+from tasks.lightspeed.client import LightspeedClient
 
 CATALOG_SCHEMA = {
     "id": pl.String,

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-SUITES_DIR = Path(__file__).resolve().parents[1] / "expectations"
+SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
 ROW_ID = "row_id"
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -11,12 +11,12 @@ import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from tasks.check_rows import CheckedRows
-from tasks.extract import Extracted
+from tasks.checks.rows import CheckedRows
+from tasks.delta import Changes, diff_lines
 from tasks.guards import Breaker
-from tasks.load import LoadOutcome
-from tasks.plan import Changes, diff_lines
+from tasks.lightspeed.load import LoadOutcome
 from tasks.reconcile import Plan
+from tasks.sources.extract import Extracted
 
 SUMMARY_KEY = "sync-summary"
 QUARANTINE_KEY = "quarantine"

@@ -15,8 +15,8 @@ import asyncssh
 from pydantic import SecretStr
 
 from tasks.config import SftpWarehouse
-from tasks.feeds import Feed, WarehouseUnavailable, WarehouseUnreadable
-from tasks.warehouse_files import csv_feed
+from tasks.sources.feed import Feed, WarehouseUnavailable, WarehouseUnreadable
+from tasks.sources.files import csv_feed
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from prefect.runtime import task_run as this_task_run
 from pydantic import SecretStr
 
 from tasks.config import RemoteWarehouse, SftpWarehouse, Warehouse, resolve_secrets
-from tasks.feeds import FEED_SCHEMA, Feed, WarehouseUnavailable, WarehouseUnreadable
 from tasks.retries import retry_options
-from tasks.warehouse_files import read_csv_feed, read_parquet_feed
-from tasks.warehouse_http import read_http_feed
-from tasks.warehouse_sftp import SftpFeed, archive_sftp_file, read_sftp_feed
-from tasks.warehouse_sql import read_sql_feed
+from tasks.sources.feed import FEED_SCHEMA, Feed, WarehouseUnavailable, WarehouseUnreadable
+from tasks.sources.files import read_csv_feed, read_parquet_feed
+from tasks.sources.sftp_drop import SftpFeed, archive_sftp_file, read_sftp_feed
+from tasks.sources.sql_query import read_sql_feed
+from tasks.sources.wms_api import read_http_feed
 
 Secrets = Mapping[str, SecretStr]
 
