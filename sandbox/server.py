@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import math
 import os
+import random
 import re
 import signal
 import socket
@@ -13,16 +15,18 @@ import socketserver
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-from sandbox.catalog import check_products, is_valid_quantity, load_catalog
+from sandbox.catalog import check_products, is_valid_quantity, load_catalog, merge_products
 
-__all__ = ["Fault", "RecordedRequest", "SandboxServer", "load_catalog", "serve"]
+__all__ = ["Bucket", "Fault", "RecordedRequest", "SandboxServer", "load_catalog", "serve"]
 
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 1000
@@ -35,15 +39,39 @@ CONTROL_ROUTES = {
     "/_sandbox/requests": ("GET",),
     "/_sandbox/faults": ("GET", "POST"),
     "/_sandbox/reset": ("POST",),
+    "/_sandbox/bucket": ("GET", "POST"),
+    "/_sandbox/products": ("POST",),
 }
+BUCKET_LEVEL_HEADER = "X-LS-API-Bucket-Level"
+BUCKET_DRIP_HEADER = "X-LS-API-Drip-Rate"
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _NOT_JSON = object()
 _NO_BODY = object()
+_ROOM_EPSILON = 1e-9  # float slack when asking whether a cost still fits in the bucket
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class _Keep(Enum):
+    """The type of KEEP: 'leave this setting as it is' for reset()."""
+
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected misbehaviour, applied to the next `times` public requests that match it."""
+    """One injected misbehaviour for the public requests that match it.
+
+    Without `rate` it hits the next `times` matching requests (None means 1). With `rate` each
+    matching request is hit independently with that probability, drawn from `random.Random(seed)`
+    when the fault has a seed and from the server's seeded generator otherwise, until it has hit
+    `times` requests (None: no limit). A rate fault that doesn't fire leaves the request to the
+    faults armed after it. `query_contains` is looked for in the raw query string with "&" added
+    at both ends, so "&page=7&" names page 7 wherever the parameter sits.
+    """
 
     method: str = "PUT"
     path: str = "/inventory"
@@ -51,15 +79,33 @@ class Fault:
     retry_after: int | None = None
     delay: float = 0.0
     drop: str | None = None
-    times: int = 1
+    times: int | None = None
     if_contains_id: str | None = None
+    query_contains: str | None = None
+    rate: float | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_match()
+        self._check_effect()
+        self._check_schedule()
+
+    def _check_match(self) -> None:
+        """Validate (and normalise) which requests the fault applies to."""
         if not isinstance(self.method, str) or not self.method:
             raise ValueError("fault method must be a non-empty string")
         object.__setattr__(self, "method", self.method.upper())
         if not isinstance(self.path, str) or not self.path.startswith("/"):
             raise ValueError("fault path must be a string starting with '/'")
+        if self.if_contains_id is not None and not isinstance(self.if_contains_id, str):
+            raise ValueError("fault if_contains_id must be a string")
+        if self.query_contains is not None and not (
+            isinstance(self.query_contains, str) and self.query_contains
+        ):
+            raise ValueError("fault query_contains must be a non-empty string")
+
+    def _check_effect(self) -> None:
+        """Validate what the fault does to a request it hits."""
         if self.status is not None and not (_is_int(self.status) and 200 <= self.status <= 599):
             raise ValueError("fault status must be an HTTP status code in 200..599")
         if self.retry_after is not None:
@@ -75,28 +121,78 @@ class Fault:
             raise ValueError("fault drop must be null, 'before' or 'after'")
         if self.drop == "before" and self.status is not None:
             raise ValueError("a fault that drops before handling sends no status")
-        if not (_is_int(self.times) and self.times >= 1):
-            raise ValueError("fault times must be an integer >= 1")
-        if self.if_contains_id is not None and not isinstance(self.if_contains_id, str):
-            raise ValueError("fault if_contains_id must be a string")
+
+    def _check_schedule(self) -> None:
+        """Validate (and normalise) how often the fault fires: times, rate and seed."""
+        if self.rate is not None and not (
+            _is_number(self.rate) and 0 < self.rate <= 1  # NaN fails the comparison
+        ):
+            raise ValueError("fault rate must be a probability with 0 < rate <= 1")
+        if self.seed is not None:
+            if not _is_int(self.seed):
+                raise ValueError("fault seed must be an integer")
+            if self.rate is None:
+                raise ValueError("fault seed needs a rate to go with it")
+        if self.times is None and self.rate is None:
+            object.__setattr__(self, "times", 1)
+        if self.times is not None and not (_is_int(self.times) and self.times >= 1):
+            raise ValueError("fault times must be an integer >= 1, or null for a rate fault")
 
     @classmethod
     def from_dict(cls, data: object) -> Fault:
         """Build a fault from a JSON object that uses the dataclass's field names."""
-        if not isinstance(data, dict):
-            raise ValueError("a fault must be a JSON object")
-        unknown = sorted(set(data) - {field.name for field in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown fault fields: {', '.join(map(str, unknown))}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "fault"))
 
-    def matches(self, method: str, path: str, product_ids: tuple[str, ...]) -> bool:
-        """Whether a public request (path without query) is one this fault affects."""
+    def matches(
+        self, method: str, path: str, product_ids: tuple[str, ...], query: str = ""
+    ) -> bool:
+        """Whether a public request (path without query, raw query apart) is one this affects."""
         if method != self.method or not path.startswith(self.path):
+            return False
+        if self.query_contains is not None and self.query_contains not in f"&{query}&":
             return False
         if self.if_contains_id is None:
             return True
         return method == "PUT" and self.if_contains_id in product_ids
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A leaky bucket like Lightspeed Retail's: requests pour in their cost, it drains steadily."""
+
+    size: float = 60
+    drip_per_second: float = 1
+    get_cost: float = 1  # GET and HEAD
+    put_cost: float = 10  # every other method
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not (_is_number(value) and math.isfinite(value)):
+                raise ValueError(f"bucket {field.name} must be a finite number, got {value!r}")
+        if self.size <= 0:
+            raise ValueError("bucket size must be > 0")
+        if self.drip_per_second <= 0:
+            raise ValueError("bucket drip_per_second must be > 0")
+        for name in ("get_cost", "put_cost"):
+            if not 0 <= getattr(self, name) <= self.size:
+                raise ValueError(f"bucket {name} must be between 0 and size, or it never fits")
+
+    @classmethod
+    def from_dict(cls, data: object) -> Bucket:
+        """Build a bucket from a JSON object that uses the dataclass's field names."""
+        return cls(**_known_fields(cls, data, "bucket"))
+
+    def cost(self, method: str) -> float:
+        """What one request pours in: get_cost for reads (GET, HEAD), put_cost for the rest."""
+        return self.get_cost if method in ("GET", "HEAD") else self.put_cost
+
+    def headers(self, level: float) -> Headers:
+        """The Lightspeed headers that report a level, e.g. `12.5/60` and the drip rate."""
+        return (
+            (BUCKET_LEVEL_HEADER, f"{_number(level)}/{_number(self.size)}"),
+            (BUCKET_DRIP_HEADER, _number(self.drip_per_second)),
+        )
 
 
 @dataclass(frozen=True)
@@ -111,6 +207,7 @@ class RecordedRequest:
     dropped: bool = False
     bytes_in: int = 0  # the request as received: request line, headers and body
     bytes_out: int = 0  # the response body (0 when dropped)
+    query: str = ""  # the raw query string, e.g. "page=2&per_page=50"
 
 
 @dataclass(frozen=True)
@@ -119,19 +216,104 @@ class _Reply:
 
     status: int
     body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Headers = ()
 
 
 @dataclass
 class _ArmedFault:
-    """A fault and how many more requests it will affect."""
+    """A fault, how many more requests it will affect (None: no limit) and its own generator."""
 
     fault: Fault
-    remaining: int
+    remaining: int | None
+    rng: random.Random | None = None
+
+    def fires(self, shared: random.Random) -> bool:
+        """Whether the fault hits a request that matches it: always, or with its rate."""
+        if self.fault.rate is None:
+            return True
+        rng = self.rng if self.rng is not None else shared
+        return rng.random() < self.fault.rate
+
+
+@dataclass(frozen=True)
+class _Admission:
+    """The bucket's answer to one request: the level after it, and the wait if it didn't fit."""
+
+    level: float
+    retry_after: int | None = None
+
+
+class _LeakyBucket:
+    """A bucket's live level, drained lazily from the monotonic clock; safe across threads."""
+
+    def __init__(self, config: Bucket, level: float = 0.0) -> None:
+        self.config = config
+        self._level = float(level)
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def level(self) -> float:
+        """The level now."""
+        with self._lock:
+            return self._drain()
+
+    def pour(self, method: str) -> _Admission:
+        """Add a request's cost if it fits; a request that doesn't fit adds nothing."""
+        cost = self.config.cost(method)
+        with self._lock:
+            level = self._drain()
+            overflow = level + cost - self.config.size
+            if overflow > _ROOM_EPSILON:
+                wait = math.ceil(overflow / self.config.drip_per_second)
+                return _Admission(level, max(1, wait))
+            self._level = level + cost
+            return _Admission(self._level)
+
+    def _drain(self) -> float:
+        """Let the level leak for the time since the last look (call with the lock held)."""
+        now = time.monotonic()
+        leaked = (now - self._at) * self.config.drip_per_second
+        self._level, self._at = max(0.0, self._level - leaked), now
+        return self._level
 
 
 def _is_int(value: object) -> bool:
     return type(value) is int
+
+
+def _is_number(value: object) -> bool:
+    """An int or float, not a bool."""
+    return type(value) in (int, float)
+
+
+def _number(value: float) -> str:
+    """A number as Lightspeed's bucket headers write it: at most 3 decimals, no trailing zeros."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _known_fields(cls: type, data: object, what: str) -> dict[str, Any]:
+    """A JSON object's fields, refusing names the dataclass doesn't have."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a {what} must be a JSON object")
+    unknown = sorted(set(data) - {field.name for field in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {', '.join(map(str, unknown))}")
+    return data
+
+
+def _check_seed(seed: object) -> None:
+    if seed is not None and not _is_int(seed):
+        raise ValueError("seed must be an integer or None")
+
+
+def _check_level(bucket: Bucket | None, level: object) -> None:
+    if not (_is_number(level) and math.isfinite(cast(float, level))):
+        raise ValueError("bucket level must be a finite number")
+    if bucket is None and level != 0:
+        raise ValueError("there is no bucket to fill: a level needs a bucket")
+    if bucket is not None and not 0 <= cast(float, level) <= bucket.size:
+        raise ValueError(f"bucket level must be between 0 and the size ({_number(bucket.size)})")
 
 
 def _reply(status: int, payload: object, *headers: tuple[str, str]) -> _Reply:
@@ -175,7 +357,11 @@ def _query_int(query: dict[str, list[str]], name: str, default: int, maximum: in
 
 
 class SandboxServer:
-    """An in-process Lightspeed-compatible API on loopback, with faults and a request log."""
+    """An in-process Lightspeed-compatible API on loopback, with faults and a request log.
+
+    `bucket` turns on a Lightspeed Retail style rate limit; `seed` seeds the generator that rate
+    faults without their own seed draw from (None: seeded from the OS, so not reproducible).
+    """
 
     def __init__(
         self,
@@ -184,11 +370,16 @@ class SandboxServer:
         max_products_per_call: int = 1000,
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
+        bucket: Bucket | None = None,
+        seed: int | None = 0,
     ) -> None:
         if not isinstance(token, str) or not token:
             raise ValueError("token must be a non-empty string")
         if not (_is_int(max_products_per_call) and max_products_per_call >= 1):
             raise ValueError("max_products_per_call must be an integer >= 1")
+        _check_bucket(bucket)
+        _check_seed(seed)
         self.token = token
         self.max_products_per_call = max_products_per_call
         self.host = host
@@ -198,6 +389,9 @@ class SandboxServer:
         self._index: dict[str, dict[str, Any]] = {}
         self._set_catalog(check_products(products or []))
         self._faults: list[_ArmedFault] = []
+        self._seed = seed
+        self._random = random.Random(seed)
+        self._bucket = _LeakyBucket(bucket) if bucket is not None else None
         self._log: list[RecordedRequest] = []
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -276,7 +470,7 @@ class SandboxServer:
             return sorted(self._log, key=lambda request: request.at)
 
     def faults(self) -> list[Fault]:
-        """Faults still armed, with `times` set to the uses left."""
+        """Faults still armed, with `times` set to the uses left (None: no limit)."""
         with self._lock:
             return [replace(armed.fault, times=armed.remaining) for armed in self._faults]
 
@@ -284,23 +478,76 @@ class SandboxServer:
         """Arm a fault after those already armed."""
         if not isinstance(fault, Fault):
             raise TypeError(f"expected a Fault, got {type(fault).__name__}")
+        rng = random.Random(fault.seed) if fault.seed is not None else None
         with self._lock:
-            self._faults.append(_ArmedFault(fault, fault.times))
+            self._faults.append(_ArmedFault(fault, fault.times, rng))
 
-    def reset(self, products: list[dict[str, Any]] | None = None) -> None:
-        """Clear faults and the request log; replace the catalog if products are given."""
+    def bucket(self) -> Bucket | None:
+        """The rate limit's configuration, or None when it is off."""
+        bucket = self._bucket
+        return bucket.config if bucket is not None else None
+
+    def bucket_level(self) -> float | None:
+        """How full the bucket is now, or None when it is off."""
+        bucket = self._bucket
+        return bucket.level() if bucket is not None else None
+
+    def set_bucket(self, bucket: Bucket | None, level: float = 0.0) -> None:
+        """Turn the rate limit on with this bucket, starting at `level`, or off with None."""
+        _check_bucket(bucket)
+        _check_level(bucket, level)
+        with self._lock:
+            self._bucket = _LeakyBucket(bucket, level) if bucket is not None else None
+
+    def upsert_products(self, products: list[dict[str, Any]]) -> None:
+        """Add products (at the end) or replace them by id (in place, keeping unset quantities)."""
+        self._change_catalog(products, [])
+
+    def remove_products(self, ids: Iterable[str]) -> None:
+        """Delete products by id; every id must be in the catalog, or nothing is removed."""
+        if isinstance(ids, str):
+            raise TypeError("remove_products takes a list of ids, not one string")
+        self._change_catalog([], list(ids))
+
+    def reset(
+        self,
+        products: list[dict[str, Any]] | None = None,
+        *,
+        bucket: Bucket | _Keep | None = KEEP,
+        seed: int | _Keep | None = KEEP,
+    ) -> None:
+        """Clear faults, the request log and the bucket's level, and re-seed the rate faults.
+
+        The catalog, the bucket's configuration (None turns it off) and the seed are kept unless
+        given, so a run after a reset sees the same rate faults as a run on a new server.
+        """
         checked = check_products(products) if products is not None else None
+        if bucket is not KEEP:
+            _check_bucket(bucket)
+        if seed is not KEEP:
+            _check_seed(seed)
         with self._lock:
             self._faults.clear()
             self._log.clear()
             if checked is not None:
                 self._set_catalog(checked)
+            config = self.bucket() if bucket is KEEP else bucket
+            self._bucket = _LeakyBucket(config) if config is not None else None
+            if seed is not KEEP:
+                self._seed = seed
+            self._random = random.Random(self._seed)
 
     # request handling (called from handler threads)
 
     def _set_catalog(self, products: list[dict[str, Any]]) -> None:
         self._products = products
         self._index = {product["id"]: product for product in products}
+
+    def _change_catalog(self, upsert: list[dict[str, Any]], remove: list[str]) -> int:
+        """Apply an upsert and a removal together and count the products, or raise ValueError."""
+        with self._lock:
+            self._set_catalog(merge_products(self._products, upsert, remove))
+            return len(self._products)
 
     def _track(self, connection: socket.socket, is_open: bool) -> None:
         with self._lock:
@@ -309,15 +556,34 @@ class SandboxServer:
             else:
                 self._connections.discard(connection)
 
-    def _take_fault(self, method: str, path: str, product_ids: tuple[str, ...]) -> Fault | None:
+    def _take_fault(
+        self, method: str, path: str, query: str, product_ids: tuple[str, ...]
+    ) -> Fault | None:
+        """The first armed fault that matches the request and fires, using up one of its times."""
         with self._lock:
             for armed in self._faults:
-                if armed.fault.matches(method, path, product_ids):
+                if not armed.fault.matches(method, path, product_ids, query):
+                    continue
+                if not armed.fires(self._random):
+                    continue
+                if armed.remaining is not None:
                     armed.remaining -= 1
                     if armed.remaining <= 0:
                         self._faults.remove(armed)
-                    return armed.fault
+                return armed.fault
         return None
+
+    def _charge(self, method: str) -> tuple[_Reply | None, Headers]:
+        """Pour a public request into the bucket: the 429 if it's full, and headers for any reply."""
+        bucket = self._bucket  # read once: set_bucket and reset swap the whole object
+        if bucket is None:
+            return None, ()
+        admission = bucket.pour(method)
+        headers = bucket.config.headers(admission.level)
+        if admission.retry_after is None:
+            return None, headers
+        retry_after = ("Retry-After", str(admission.retry_after))
+        return _error(429, "rate limited: bucket full", retry_after), headers
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -422,33 +688,80 @@ class SandboxServer:
             return _reply(200, {"requests": rows})
         if path == "/_sandbox/faults" and method == "GET":
             return _reply(200, {"faults": [asdict(fault) for fault in self.faults()]})
-        if path == "/_sandbox/faults":
-            if payload is _NOT_JSON or payload is _NO_BODY:
-                return _error(400, "body must be a fault object or a list of them")
-            try:
-                faults = [Fault.from_dict(item) for item in _as_list(payload)]
-            except (TypeError, ValueError) as problem:
-                return _error(400, str(problem))
-            for fault in faults:
-                self.add_fault(fault)
-            return _reply(200, {"added": len(faults)})
-        return self._control_reset(payload)
+        if path == "/_sandbox/bucket" and method == "GET":
+            return self._bucket_state()
+        try:
+            if path == "/_sandbox/faults":
+                return self._control_faults(payload)
+            if path == "/_sandbox/bucket":
+                return self._control_bucket(payload)
+            if path == "/_sandbox/products":
+                return self._control_products(payload)
+            return self._control_reset(payload)
+        except (TypeError, ValueError) as problem:
+            return _error(400, str(problem))
+
+    def _bucket_state(self) -> _Reply:
+        bucket = self._bucket
+        if bucket is None:
+            return _reply(200, {"bucket": None, "level": None})
+        return _reply(200, {"bucket": asdict(bucket.config), "level": bucket.level()})
+
+    def _control_faults(self, payload: object) -> _Reply:
+        if payload is _NOT_JSON or payload is _NO_BODY:
+            raise ValueError("body must be a fault object or a list of them")
+        faults = [Fault.from_dict(item) for item in _as_list(payload)]
+        for fault in faults:
+            self.add_fault(fault)
+        return _reply(200, {"added": len(faults)})
+
+    def _control_bucket(self, payload: object) -> _Reply:
+        if payload is None:
+            self.set_bucket(None)
+            return self._bucket_state()
+        if not isinstance(payload, dict):
+            raise ValueError('body must be a bucket object (optionally with a "level") or null')
+        fields_only = {name: value for name, value in payload.items() if name != "level"}
+        self.set_bucket(Bucket.from_dict(fields_only), payload.get("level", 0.0))
+        return self._bucket_state()
+
+    def _control_products(self, payload: object) -> _Reply:
+        if not isinstance(payload, dict) or not set(payload) <= {"upsert", "remove"}:
+            raise ValueError('body must be {"upsert": [products], "remove": [ids]} (either may go)')
+        upsert, remove = payload.get("upsert", []), payload.get("remove", [])
+        total = self._change_catalog(upsert, remove)
+        return _reply(200, {"upserted": len(upsert), "removed": len(remove), "products": total})
 
     def _control_reset(self, payload: object) -> _Reply:
-        products = None
-        if payload is not _NO_BODY:
-            if not isinstance(payload, dict) or not isinstance(payload.get("products"), list):
-                return _error(400, 'reset takes no body, or {"products": [...]}')
-            products = payload["products"]
-        try:
-            self.reset(products)
-        except ValueError as problem:
-            return _error(400, str(problem))
+        if payload is _NO_BODY:
+            self.reset()
+            return _reply(200, {"reset": True})
+        if not isinstance(payload, dict) or not set(payload) <= {"products", "bucket", "seed"}:
+            raise ValueError(
+                'reset takes no body, or an object with any of "products", "bucket", "seed"'
+            )
+        if "products" in payload and not isinstance(payload["products"], list):
+            raise ValueError('reset "products" must be a list')
+        bucket = payload.get("bucket", KEEP)
+        if bucket is not KEEP and bucket is not None:
+            bucket = Bucket.from_dict(bucket)
+        self.reset(payload.get("products"), bucket=bucket, seed=payload.get("seed", KEEP))
         return _reply(200, {"reset": True})
 
 
 def _as_list(payload: object) -> list[object]:
     return payload if isinstance(payload, list) else [payload]
+
+
+def _check_bucket(bucket: object) -> None:
+    if bucket is not None and not isinstance(bucket, Bucket):
+        raise TypeError(f"expected a Bucket or None, got {type(bucket).__name__}")
+
+
+def _fault_reply(fault: Fault) -> _Reply:
+    """The answer an injected status fault gives in place of the real one."""
+    retry_after = () if fault.retry_after is None else (("Retry-After", str(fault.retry_after)),)
+    return _error(cast(int, fault.status), f"injected fault: {fault.status}", *retry_after)
 
 
 class _SandboxHTTPServer(ThreadingHTTPServer):
@@ -524,67 +837,56 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         at = time.monotonic()
-        method = self.command
         target = urlsplit(self.path)
-        path = target.path
-        is_control = path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/")
         body = self._read_body()
+        if target.path == CONTROL_PREFIX or target.path.startswith(CONTROL_PREFIX + "/"):
+            if isinstance(body, _Reply):
+                self._send(body)
+                return
+            payload = _decode_json(body) if body else _NO_BODY
+            self._send(self.sandbox._control_reply(self.command, target.path, payload))
+            return
+        self._serve_public(target.path, target.query, body, at)
+
+    def _serve_public(self, path: str, query: str, body: bytes | _Reply, at: float) -> None:
+        """Charge the bucket, apply a fault if one fires, answer and log the request."""
+        method = self.command
+        refused, bucket_headers = self.sandbox._charge(method)
         if isinstance(body, _Reply):
-            if not is_control:
-                self.sandbox._record(
-                    RecordedRequest(
-                        method,
-                        self.path,
-                        body.status,
-                        (),
-                        at,
-                        False,
-                        self._head_bytes(),
-                        len(body.body),
-                    )
-                )
-            self._send(body)
+            head = self._head_bytes()
+            request = RecordedRequest(method, self.path, 0, (), at, False, head, 0, query)
+            self._answer(request, refused if refused is not None else body, bucket_headers)
             return
-        bytes_in = self._head_bytes() + len(body)
         payload = _decode_json(body) if body else _NO_BODY
-        if is_control:
-            self._send(self.sandbox._control_reply(method, path, payload))
-            return
         product_ids = _put_product_ids(payload) if method == "PUT" else ()
-        fault = self.sandbox._take_fault(method, path, product_ids)
+        bytes_in = self._head_bytes() + len(body)
+        request = RecordedRequest(method, self.path, 0, product_ids, at, False, bytes_in, 0, query)
+        if refused is not None:  # the bucket is in front: a refused request meets no fault
+            self._answer(request, refused, bucket_headers)
+            return
+        fault = self.sandbox._take_fault(method, path, query, product_ids)
         if fault is not None and fault.delay:
             self.sandbox._stopping.wait(fault.delay)
         if fault is not None and fault.drop == "before":
-            self.sandbox._record(
-                RecordedRequest(method, self.path, 0, product_ids, at, True, bytes_in)
-            )
-            self._drop()
+            self._answer(replace(request, dropped=True), None, ())
             return
         if fault is not None and fault.status is not None:
-            retry_after = (
-                () if fault.retry_after is None else (("Retry-After", str(fault.retry_after)),)
-            )
-            reply = _error(fault.status, f"injected fault: {fault.status}", *retry_after)
+            reply = _fault_reply(fault)
         else:
             authorization = self.headers.get("Authorization")
-            reply = self.sandbox._public_reply(method, path, target.query, authorization, payload)
+            reply = self.sandbox._public_reply(method, path, query, authorization, payload)
         dropped = fault is not None and fault.drop == "after"
-        self.sandbox._record(
-            RecordedRequest(
-                method,
-                self.path,
-                reply.status,
-                product_ids,
-                at,
-                dropped,
-                bytes_in,
-                0 if dropped else len(reply.body),
-            )
-        )
-        if dropped:
+        self._answer(replace(request, dropped=dropped), reply, bucket_headers)
+
+    def _answer(self, request: RecordedRequest, reply: _Reply | None, headers: Headers) -> None:
+        """Log a public request with its outcome, then send the reply or drop the connection."""
+        status = reply.status if reply is not None else 0
+        if reply is None or request.dropped:
+            self.sandbox._record(replace(request, status=status, dropped=True, bytes_out=0))
             self._drop()
-        else:
-            self._send(reply)
+            return
+        self.sandbox._record(replace(request, status=status, bytes_out=len(reply.body)))
+        self._send(replace(reply, headers=reply.headers + headers))
 
     def _head_bytes(self) -> int:
         """Bytes of the request line and headers as received (CRLF line ends)."""
@@ -615,6 +917,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply.body)))
         for name, value in reply.headers:
             self.send_header(name, value)
+        if self.close_connection and all(name != "Connection" for name, _ in reply.headers):
+            self.send_header("Connection", "close")  # e.g. a bucket 429 to an unread body
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(reply.body)
@@ -635,12 +939,18 @@ def serve(
     max_products_per_call: int,
     *,
     token_source: str | None = None,
+    bucket: Bucket | None = None,
 ) -> None:
-    """Serve the sandbox API until SIGINT or SIGTERM."""
+    """Serve the sandbox API until SIGINT or SIGTERM, rate limited if a bucket is given."""
     if token_source is None:
         token_source = _guess_token_source(token)
     products = load_catalog(catalog_path) if catalog_path else []
-    sandbox = SandboxServer(products, token, max_products_per_call, host, port)
+    sandbox = SandboxServer(products, token, max_products_per_call, host, port, bucket=bucket)
+    limit = (
+        ""
+        if bucket is None
+        else f", bucket {_number(bucket.size)} draining {_number(bucket.drip_per_second)}/s"
+    )
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -654,7 +964,7 @@ def serve(
         sandbox.start()
         print(
             f"Sandbox Lightspeed API on {sandbox.url} "
-            f"({len(products)} products, token from {token_source})",
+            f"({len(products)} products, token from {token_source}{limit})",
             file=sys.stdout,
             flush=True,
         )
