@@ -113,7 +113,7 @@ def run_trials(
     from prefect import flow
     from pydantic import SecretStr
 
-    from tasks.config import LightspeedSettings
+    from tasks.config.settings import LightspeedSettings
     from tasks.lightspeed.load import load, split_into_chunks
     from tasks.state import StateStore
 

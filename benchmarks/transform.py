@@ -28,7 +28,7 @@ DEFAULT_ROOT = Path("/tmp/inventory-sync-bench")
 
 def warehouses(dataset: data.Dataset) -> list[Any]:
     """The ten warehouses as the pipeline's own settings objects."""
-    from tasks.config import CsvWarehouse
+    from tasks.sources.csv_file import CsvWarehouse
 
     return [
         CsvWarehouse(
@@ -53,8 +53,8 @@ def run_pipeline(dataset: data.Dataset, payload_out: Path | None = None) -> dict
     from tasks.checks.rows import check_rows
     from tasks.lightspeed.catalog import catalog_from_csv
     from tasks.reconcile import reconcile
+    from tasks.sources.csv_file import read_csv_feed
     from tasks.sources.extract import Extracted
-    from tasks.sources.files import read_csv_feed
 
     settings = warehouses(dataset)
     seconds: dict[str, float] = {}

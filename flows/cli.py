@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from tasks.config import ConfigError, load_settings
+from tasks.config.errors import ConfigError
+from tasks.config.settings import load_settings
 
 app = typer.Typer(
     no_args_is_help=True,

@@ -13,7 +13,8 @@ from pydantic import Field
 
 from tasks.checks.payload import check_payload_task
 from tasks.checks.rows import check_rows_task
-from tasks.config import apply_run_options, load_settings, resolve_token, select_warehouses
+from tasks.config.secrets import resolve_token
+from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_breaker
 from tasks.lightspeed.catalog import read_catalog_task

@@ -15,9 +15,10 @@ from prefect.input import RunInput
 from prefect.settings import PREFECT_API_URL
 from pydantic import Field
 
-from tasks.config import GuardSettings, Warehouse
+from tasks.config.settings import GuardSettings
 from tasks.sources.extract import Extracted
 from tasks.sources.feed import Feed
+from tasks.sources.warehouse import WarehouseBase
 from tasks.state import FeedMark, StateStore
 
 
@@ -36,7 +37,11 @@ class Staleness:
 
 
 def stale_reason(
-    warehouse: Warehouse, source: str, modified_at: datetime, mark: FeedMark | None, now: datetime
+    warehouse: WarehouseBase,
+    source: str,
+    modified_at: datetime,
+    mark: FeedMark | None,
+    now: datetime,
 ) -> str:
     """Why a feed of this age must not be used, or "" if it may."""
     age = now - modified_at
@@ -56,7 +61,7 @@ def stale_reason(
 
 
 def guard_feed_ages(
-    extracted: Extracted, warehouses: Sequence[Warehouse], store: StateStore, now: datetime
+    extracted: Extracted, warehouses: Sequence[WarehouseBase], store: StateStore, now: datetime
 ) -> tuple[Extracted, list[str]]:
     """Check every feed's age; use a warehouse's last good feed where allowed; fail otherwise.
 
@@ -104,7 +109,7 @@ def guard_feed_ages(
 
 
 def _last_good(
-    warehouse: Warehouse, mark: FeedMark | None, store: StateStore, now: datetime
+    warehouse: WarehouseBase, mark: FeedMark | None, store: StateStore, now: datetime
 ) -> tuple[Feed | None, str]:
     """The warehouse's last good feed, if there is one and it is itself within max_age."""
     rows = store.last_good_rows(warehouse.name) if mark is not None else None

@@ -11,7 +11,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.checks.rows import CheckedRows
-from tasks.config import MAX_QUANTITY, WarehouseBase
+from tasks.lightspeed.contract import MAX_QUANTITY
+from tasks.sources.warehouse import WarehouseBase
 
 # What happens to each catalog product this run, in order of precedence.
 HELD_AMBIGUOUS = "held: vendorSku on several catalog products"

@@ -15,7 +15,7 @@ from sftp_server import PASSWORD, PASSWORD_USER, SftpServer
 from wms_server import API_KEY, WmsServer
 
 from flows.sync import inventory_sync
-from tasks.config import ConfigError
+from tasks.config.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "token_env")
 

@@ -14,9 +14,17 @@ from sandbox.server import Fault
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "flows.cli"]
+DEV_CLI = [sys.executable, "-m", "devstack.cli"]
 
 
-def cli(*args: str, api: str | None, cwd: Path, token: str = "test-token", **env: str):
+def cli(
+    *args: str,
+    api: str | None,
+    cwd: Path,
+    token: str = "test-token",
+    program: list[str] = CLI,
+    **env: str,
+):
     environ = {
         k: v for k, v in os.environ.items() if not k.startswith(("LIGHTSPEED_", "PREFECT_API"))
     }
@@ -24,7 +32,7 @@ def cli(*args: str, api: str | None, cwd: Path, token: str = "test-token", **env
     if api:
         environ["PREFECT_API_URL"] = api
     return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=180
+        [*program, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=180
     )
 
 
@@ -40,9 +48,19 @@ def config(tmp_path, sandbox, write_config) -> Path:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["sandbox"], ["demo"]])
-def test_help(command, tmp_path):
-    result = cli(*command, "--help", api=None, cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("program", "command"),
+    [
+        (CLI, []),
+        (CLI, ["run"]),
+        (DEV_CLI, []),
+        (DEV_CLI, ["sandbox"]),
+        (DEV_CLI, ["demo"]),
+        (DEV_CLI, ["local-stack"]),
+    ],
+)
+def test_help(program, command, tmp_path):
+    result = cli(*command, "--help", api=None, cwd=tmp_path, program=program)
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
 
@@ -105,7 +123,10 @@ def test_demo_is_what_make_run_does(tmp_path, prefect_api):
     demo = tmp_path / "demo"
     demo.mkdir()
     shutil.copy(Path(__file__).parents[1] / "demo" / "inventory-sync.toml", demo)
-    result = cli("demo", "--dir", str(demo), api=prefect_api, cwd=tmp_path, token="a-real-token")
+    result = cli(
+        "demo", "--dir", str(demo), api=prefect_api, cwd=tmp_path, token="a-real-token",
+        program=DEV_CLI,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert (
         "Demo check: the sandbox holds the expected quantity for all 28 products." in result.stdout

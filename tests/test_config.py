@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import ConfigError, load_settings, resolve_token
+from tasks.config.errors import ConfigError
+from tasks.config.secrets import resolve_token
+from tasks.config.settings import load_settings
 
 GOOD = """
     [lightspeed]

@@ -14,7 +14,15 @@ from devstack.local_stack import LocalStack, ManagedProcess, descendants, is_run
 def local_stack(*args: str, tmp_path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     return subprocess.run(
-        [sys.executable, "-m", "devstack.cli", "local-stack", "--dir", str(tmp_path / "demo"), *args],
+        [
+            sys.executable,
+            "-m",
+            "devstack.cli",
+            "local-stack",
+            "--dir",
+            str(tmp_path / "demo"),
+            *args,
+        ],
         env=env,
         capture_output=True,
         text=True,

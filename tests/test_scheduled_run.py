@@ -9,8 +9,8 @@ import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 from prefect.client.schemas.schedules import IntervalSchedule
 
-from flows.local_stack import EVERY_15_MINUTES
-from sandbox.demo import expected_quantities
+from devstack.demo import expected_quantities
+from devstack.local_stack import EVERY_15_MINUTES
 
 pytest_plugins = ["prefect_server"]
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from builders import TOKEN, csv_warehouse, pid, product
 
 from flows.sync import inventory_sync
 from sandbox.server import Fault, SandboxServer
-from tasks.extract import ExtractFailed
+from tasks.sources.extract import ExtractFailed
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "token_env")
 

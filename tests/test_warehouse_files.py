@@ -8,9 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.config import CsvWarehouse, ParquetWarehouse
+from tasks.sources.csv_file import CsvWarehouse
 from tasks.sources.extract import read_feed
 from tasks.sources.feed import WarehouseUnreadable
+from tasks.sources.parquet_file import ParquetWarehouse
 
 
 def csv_wh(path: Path | str, **extra) -> CsvWarehouse:

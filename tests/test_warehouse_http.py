@@ -10,10 +10,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 from wms_server import API_KEY, WmsServer
 
-from tasks.config import HttpWarehouse
 from tasks.sources.extract import Extracted, ExtractFailed, extract_all
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.wms_api import read_http_feed
+from tasks.sources.wms_api import HttpWarehouse, read_http_feed
 
 KEY = {"auth_value": SecretStr(API_KEY)}
 RECORDS = [

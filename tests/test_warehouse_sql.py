@@ -9,9 +9,8 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from tasks.config import SqlWarehouse
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.sql_query import read_sql_feed
+from tasks.sources.sql_query import SqlWarehouse, read_sql_feed
 
 QUERY = "SELECT sku, qty FROM stock ORDER BY id"
 

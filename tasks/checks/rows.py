@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.checks.suites import Outcome, validate_distinct
-from tasks.config import MAX_QUANTITY
+from tasks.lightspeed.contract import MAX_QUANTITY
 
 SUITE = "warehouse_rows"
 INTEGER_TEXT = r"^[+-]?[0-9]+(\.0+)?$"

@@ -11,8 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from tasks.config import CatalogSettings, LightspeedSettings
+from tasks.config.settings import CatalogSettings, LightspeedSettings
 from tasks.lightspeed.client import LightspeedClient
+from tasks.lightspeed.contract import BACKORDER, TRACKED, FlagError, parse_flag
 
 CATALOG_SCHEMA = {
     "id": pl.String,
@@ -21,7 +22,6 @@ CATALOG_SCHEMA = {
     "backorder": pl.Boolean,
     "platform_quantity": pl.Int64,  # what GET /products reported; null from a catalog file
 }
-TRACKED, BACKORDER = "isInventoryTrackingEnabled", "isBackorderingEnabled"
 CSV_COLUMNS = ("vendorSku", "id", TRACKED, BACKORDER)
 
 
@@ -29,21 +29,11 @@ class CatalogError(Exception):
     """The catalog could not be read, or holds a value we cannot interpret."""
 
 
-def parse_flag(value: Any, where: str) -> bool:
-    """A platform flag: true, false, [true], [false] or absent (false), as JSON or CSV text."""
-    if isinstance(value, list):
-        if len(value) != 1:
-            raise CatalogError(f"{where}: expected one value in {value!r}")
-        value = value[0]
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, str):
-        text = value.strip().strip("[]").strip().lower()
-        if text in ("", "false", "0"):
-            return False
-        if text in ("true", "1"):
-            return True
-    raise CatalogError(f"{where}: not a boolean flag: {value!r}")
+def _flag(value: Any, where: str) -> bool:
+    try:
+        return parse_flag(value)
+    except FlagError as exc:
+        raise CatalogError(f"{where}: {exc}") from None
 
 
 def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
@@ -60,8 +50,8 @@ def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
         ids.append(pid)
         sku = product.get("vendorSku")
         skus.append(sku.strip() if isinstance(sku, str) and sku.strip() else None)
-        tracked.append(parse_flag(inventory.get(TRACKED), where + TRACKED))
-        backorder.append(parse_flag(inventory.get(BACKORDER), where + BACKORDER))
+        tracked.append(_flag(inventory.get(TRACKED), where + TRACKED))
+        backorder.append(_flag(inventory.get(BACKORDER), where + BACKORDER))
         quantity = product.get("quantity")
         quantities.append(quantity if type(quantity) is int else None)
     frame = pl.DataFrame(
@@ -102,8 +92,8 @@ def catalog_from_csv(path: str) -> pl.DataFrame:
         "line",
         _blank_to_null(pl.col("id")).alias("id"),
         _blank_to_null(pl.col("vendorSku")).alias("vendorSku"),
-        _flag_expr(TRACKED).alias("tracked"),
-        _flag_expr(BACKORDER).alias("backorder"),
+        _flag_expr(raw[TRACKED]).alias("tracked"),
+        _flag_expr(raw[BACKORDER]).alias("backorder"),
         pl.col(TRACKED).alias("tracked_text"),
         pl.col(BACKORDER).alias("backorder_text"),
     )
@@ -128,15 +118,19 @@ def _blank_to_null(text: pl.Expr) -> pl.Expr:
     return pl.when(stripped != "").then(stripped)
 
 
-def _flag_expr(column: str) -> pl.Expr:
-    """parse_flag as an expression: true/false/[true]/1/0/blank; anything else becomes null."""
-    text = pl.col(column).fill_null("").str.strip_chars().str.strip_chars("[]").str.strip_chars()
-    text = text.str.to_lowercase()
+def _flag_expr(column: pl.Series) -> pl.Expr:
+    """The column's flags by parse_flag, applied once per distinct text; null where it fails."""
+    texts = column.fill_null("").unique().to_list()
+    parsed: list[bool | None] = []
+    for text in texts:
+        try:
+            parsed.append(parse_flag(text))
+        except FlagError:
+            parsed.append(None)
     return (
-        pl.when(text.is_in(["", "false", "0"]))
-        .then(False)
-        .when(text.is_in(["true", "1"]))
-        .then(True)
+        pl.col(column.name)
+        .fill_null("")
+        .replace_strict(texts, parsed, default=None, return_dtype=pl.Boolean)
     )
 
 

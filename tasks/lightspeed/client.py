@@ -1,13 +1,13 @@
 """The Lightspeed B2B API: the only code that knows its paths, headers, paging and status codes.
 
 Every response gets a verdict: accepted, retryable (429, 5xx, timeouts, dropped connections) or
-fatal (any other 4xx, with the server's message). The client itself never retries: retries
+one of the fatal errors (Unauthorized, TooLarge, ItemsRejected, or another 4xx), with the
+server's message. The client itself never retries: retries
 belong to the Prefect task that called it, so the UI shows each attempt.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,11 +17,17 @@ from urllib.parse import urljoin
 import httpx
 from pydantic import SecretStr
 
-from tasks.config import LightspeedSettings
+from tasks.config.settings import LightspeedSettings
+from tasks.http_verdicts import (
+    USER_AGENT,
+    Unreachable,
+    is_transient,
+    json_or_none,
+    retry_after_seconds,
+    send,
+    server_message,
+)
 from tasks.retries import retry_options
-
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-USER_AGENT = "inventory-sync/0.1"
 
 
 class LightspeedError(Exception):
@@ -31,17 +37,11 @@ class LightspeedError(Exception):
     attempts = 1  # set by the task that made the call, for the report
 
     def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        rejected: dict[str, str] | None = None,
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
-        self.rejected = rejected or {}
 
 
 class RetryableError(LightspeedError):
@@ -51,7 +51,23 @@ class RetryableError(LightspeedError):
 
 
 class FatalError(LightspeedError):
-    """400, 401, 403, 404, 413, 422 and other 4xx: retrying the same call cannot help."""
+    """A 4xx: retrying the same call cannot help."""
+
+
+class Unauthorized(FatalError):
+    """401 or 403: the token is wrong for every call, so no further chunk is worth sending."""
+
+
+class TooLarge(FatalError):
+    """413: too many products in one call; a smaller one may pass."""
+
+
+class ItemsRejected(FatalError):
+    """422: the call was refused for its items; `rejected` names those the API named (id → why)."""
+
+    def __init__(self, message: str, *, rejected: dict[str, str]) -> None:
+        super().__init__(message, status=422)
+        self.rejected = rejected
 
 
 @dataclass(frozen=True)
@@ -112,52 +128,41 @@ class LightspeedClient:
     def _send(self, method: str, url: str, content: bytes | None = None) -> Accepted:
         what = f"{method} /{url.removeprefix(self.base_url).split('?')[0]}"
         try:
-            response = self._http.request(method, url, content=content)
-        except httpx.TimeoutException as exc:
-            raise RetryableError(f"{what}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise RetryableError(
-                f"{what}: connection failed ({type(exc).__name__}: {exc})"
-            ) from None
+            response = send(self._http, method, url, what, content=content)
+        except Unreachable as exc:
+            raise RetryableError(str(exc)) from None
         return judge(what, response)
 
 
+HINTS = {401: " (check the token)", 403: " (the token lacks permission)"}
+
+
 def judge(what: str, response: httpx.Response) -> Accepted:
-    """Turn a response into Accepted, or raise RetryableError / FatalError with its message."""
+    """Turn a response into Accepted, or raise the LightspeedError that says what it means."""
     status = response.status_code
-    body = _json_or_none(response)
+    body = json_or_none(response)
     if 200 <= status < 300:
         return Accepted(status, body)
-    message = f"{what}: HTTP {status} {_server_message(body, response)}"
-    if status in RETRYABLE_STATUSES or status >= 500:
-        raise RetryableError(message, status=status, retry_after=_retry_after(response))
-    rejected = _rejected_items(body) if status == 422 else {}
-    hint = {
-        401: " (check the token)",
-        403: " (the token lacks permission)",
-        413: " (lower lightspeed.chunk_size)",
-    }.get(status, "")
-    raise FatalError(message + hint, status=status, rejected=rejected)
+    message = f"{what}: HTTP {status} {_message(body, response)}"
+    if is_transient(status):
+        raise RetryableError(message, status=status, retry_after=retry_after_seconds(response))
+    if status in (401, 403):
+        raise Unauthorized(message + HINTS[status], status=status)
+    if status == 413:
+        raise TooLarge(message + " (lower lightspeed.chunk_size)", status=status)
+    if status == 422:
+        raise ItemsRejected(message, rejected=_rejected_items(body))
+    raise FatalError(message, status=status)
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def _server_message(body: Any, response: httpx.Response) -> str:
-    if isinstance(body, dict):
-        if isinstance(body.get("error"), str):
-            return body["error"]
-        items = _rejected_items(body)
-        if items:
-            shown = "; ".join(f"{pid}: {why}" for pid, why in list(items.items())[:5])
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-            return f"{len(items)} product(s) rejected: {shown}{more}"
-    text = response.text.strip()
-    return text[:300] if text else response.reason_phrase
+def _message(body: Any, response: httpx.Response) -> str:
+    """The server's message; for a 422 without one, the items it names."""
+    items = _rejected_items(body)
+    if items and not (isinstance(body, dict) and isinstance(body.get("error"), str)):
+        shown = "; ".join(f"{pid}: {why}" for pid, why in list(items.items())[:5])
+        more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+        return f"{len(items)} product(s) rejected: {shown}{more}"
+    return server_message(response)
 
 
 def _rejected_items(body: Any) -> dict[str, str]:
@@ -170,16 +175,6 @@ def _rejected_items(body: Any) -> dict[str, str]:
         for item in items
         if isinstance(item, dict) and "id" in item
     }
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare; the task's own backoff applies
 
 
 def retry_policy(settings: LightspeedSettings) -> dict[str, Any]:

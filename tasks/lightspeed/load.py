@@ -17,12 +17,15 @@ from prefect.runtime import task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
-from tasks.config import LightspeedSettings
+from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.client import (
     FatalError,
+    ItemsRejected,
     LightspeedClient,
     LightspeedError,
     RetryableError,
+    TooLarge,
+    Unauthorized,
     close_shared_clients,
     retry_policy,
     shared_client,
@@ -57,6 +60,7 @@ class ChunkFailure:
     status: int | None
     attempts: int
     products: pl.DataFrame  # id, vendorSku, quantity
+    stops_load: bool = False  # the token was refused: no further chunk can land
 
     def without(self, landed: set[str]) -> ChunkFailure:
         """The same failure, less the products an earlier attempt did land (after a split)."""
@@ -135,20 +139,22 @@ def send_isolating(
         requests += 1
         try:
             client.put_inventory(chunk_body(part))
-        except FatalError as exc:
+        except ItemsRejected as exc:
             ids = set(part["id"])
             named = {pid: why for pid, why in exc.rejected.items() if pid in ids}
-            if exc.status == 422 and named:
+            if named:
                 rejected |= named
                 pending.append(part.filter(~pl.col("id").is_in(list(named))))
-            elif exc.status in (413, 422) and part.height > 1:
-                half = part.height // 2
-                pending += [part.slice(half), part.slice(0, half)]
-            elif exc.status == 422:
+            elif part.height > 1:
+                pending += _halves(part)
+            else:
                 rejected[part["id"][0]] = str(exc)
                 unexplained += 1
-            else:
+            continue
+        except TooLarge:
+            if part.height == 1:
                 raise
+            pending += _halves(part)
             continue
         on_accepted(part)
         accepted += part.height
@@ -159,6 +165,12 @@ def send_isolating(
             status=422,
         )
     return accepted, rejected, requests
+
+
+def _halves(part: pl.DataFrame) -> list[pl.DataFrame]:
+    """The two halves of a part, the first half last, so that it is sent first."""
+    half = part.height // 2
+    return [part.slice(half), part.slice(0, half)]
 
 
 @task(name="put-chunk", task_run_name="chunk {label}", cache_policy=NO_CACHE)
@@ -260,7 +272,7 @@ def _load(
             else:
                 failure = _failure(number, label, chunk, result, settings)
                 outcome.failed.append(failure)
-                if failure.status in (401, 403):
+                if failure.stops_load:
                     stop_reason = f"not sent: an earlier chunk got HTTP {failure.status}"
             finished = not in_flight and (not queue or bool(stop_reason))
             if progress is not None and (
@@ -281,5 +293,6 @@ def _failure(
 ) -> ChunkFailure:
     if isinstance(error, LightspeedError):
         attempts = getattr(error, "attempts", settings.retries + 1)
-        return ChunkFailure(number, label, str(error), error.status, attempts, chunk)
+        stops = isinstance(error, Unauthorized)
+        return ChunkFailure(number, label, str(error), error.status, attempts, chunk, stops)
     return ChunkFailure(number, label, f"{type(error).__name__}: {error}", None, 1, chunk)

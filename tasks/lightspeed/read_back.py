@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from tasks.config import LightspeedSettings
+from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.client import LightspeedClient, retry_policy
 from tasks.lightspeed.load import LoadOutcome
 from tasks.state import StateStore

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,25 +12,18 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import task_run as this_task_run
-from pydantic import SecretStr
 
-from tasks.config import RemoteWarehouse, SftpWarehouse, Warehouse, resolve_secrets
+from tasks.config.secrets import resolve_secrets
 from tasks.retries import retry_options
-from tasks.sources.feed import FEED_SCHEMA, Feed, WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.files import read_csv_feed, read_parquet_feed
-from tasks.sources.sftp_drop import SftpFeed, archive_sftp_file, read_sftp_feed
-from tasks.sources.sql_query import read_sql_feed
-from tasks.sources.wms_api import read_http_feed
-
-Secrets = Mapping[str, SecretStr]
-
-READERS: dict[str, Callable[[Any, Secrets], Feed]] = {
-    "csv": lambda warehouse, _: read_csv_feed(warehouse),
-    "parquet": lambda warehouse, _: read_parquet_feed(warehouse),
-    "sftp": read_sftp_feed,
-    "http": read_http_feed,
-    "sql": read_sql_feed,
-}
+from tasks.sources import registry
+from tasks.sources.feed import (
+    FEED_SCHEMA,
+    Feed,
+    Secrets,
+    WarehouseUnavailable,
+    WarehouseUnreadable,
+)
+from tasks.sources.warehouse import RemoteWarehouse, WarehouseBase
 
 
 class ExtractFailed(Exception):
@@ -50,13 +43,13 @@ class Extracted:
         return rows.with_row_index("row_id")
 
 
-def read_feed(warehouse: Warehouse, secrets: Secrets | None = None) -> Feed:
-    """Read one warehouse with the reader for its kind."""
-    return READERS[warehouse.kind](warehouse, secrets or {})
+def read_feed(warehouse: WarehouseBase, secrets: Secrets | None = None) -> Feed:
+    """Read one warehouse with the reader of its kind."""
+    return registry.kind_of(warehouse).read(warehouse, secrets or {})
 
 
 @task(name="extract", task_run_name="extract {warehouse.name}", cache_policy=NO_CACHE)
-def extract_warehouse(warehouse: Warehouse, secrets: Secrets) -> Feed:
+def extract_warehouse(warehouse: WarehouseBase, secrets: Secrets) -> Feed:
     """Read one warehouse feed and say what was read."""
     started = time.perf_counter()
     feed = read_feed(warehouse, secrets)
@@ -72,7 +65,7 @@ def extract_warehouse(warehouse: Warehouse, secrets: Secrets) -> Feed:
     return feed
 
 
-def extract_options(warehouse: Warehouse) -> dict[str, Any]:
+def extract_options(warehouse: WarehouseBase) -> dict[str, Any]:
     """Task options per warehouse: files are read once; remote kinds retry what may pass."""
     if not isinstance(warehouse, RemoteWarehouse) or warehouse.retries == 0:
         return {"retries": 0}
@@ -80,7 +73,7 @@ def extract_options(warehouse: Warehouse) -> dict[str, Any]:
 
 
 def extract_all(
-    warehouses: Sequence[Warehouse], environ: Mapping[str, str] | None = None
+    warehouses: Sequence[WarehouseBase], environ: Mapping[str, str] | None = None
 ) -> Extracted:
     """Read all warehouses concurrently; if any fails, raise naming every one that failed.
 
@@ -113,26 +106,26 @@ def extract_all(
     return Extracted(feeds, seconds, secrets)
 
 
-def archive_processed(extracted: Extracted, warehouses: Sequence[Warehouse]) -> list[str]:
-    """After a run in which every update landed: move each SFTP file read into its archive_dir.
+def archive_processed(extracted: Extracted, warehouses: Sequence[WarehouseBase]) -> list[str]:
+    """After a run in which every update landed: each kind's after-success step (SFTP archives).
 
-    A file that cannot be moved stays where it is and is read again next run, which is
-    harmless: quantities are absolute, so the same file gives the same numbers.
+    A step that fails leaves things as they were, which is harmless: the file is read again
+    next run, and quantities are absolute, so the same file gives the same numbers.
     """
     logger = get_run_logger()
     by_name = {w.name: w for w in warehouses}
-    moved: list[str] = []
+    done: list[str] = []
     for feed in extracted.feeds:
         warehouse = by_name.get(feed.warehouse)
-        if not (isinstance(warehouse, SftpWarehouse) and isinstance(feed, SftpFeed)):
-            continue
-        if not warehouse.archive_dir:
+        step = registry.kind_of(warehouse).after_success if warehouse is not None else None
+        if warehouse is None or step is None:
             continue
         try:
-            target = archive_sftp_file(warehouse, extracted.secrets.get(warehouse.name, {}), feed)
+            target = step(warehouse, extracted.secrets.get(warehouse.name, {}), feed)
         except WarehouseUnreadable as exc:
             logger.warning("%s; not archived, so the next run reads it again", exc)
             continue
-        logger.info("warehouse %r: archived %s to %s", warehouse.name, feed.source, target)
-        moved.append(target)
-    return moved
+        if target:
+            logger.info("warehouse %r: archived %s to %s", warehouse.name, feed.source, target)
+            done.append(target)
+    return done

@@ -1,13 +1,16 @@
-"""What every warehouse source returns: one frame of raw rows, plus where and when it came from."""
+"""The contract of a warehouse source: the feed it returns (raw rows, where and when from) and its kind."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import polars as pl
+from pydantic import SecretStr
 
-from tasks.config import WarehouseBase
+from tasks.sources.warehouse import WarehouseBase
 
 FEED_SCHEMA = {
     "warehouse": pl.String,
@@ -32,6 +35,25 @@ class WarehouseUnavailable(WarehouseUnreadable):
 
 
 @dataclass(frozen=True)
+class Wording:
+    """How one kind of source names its columns and its rows in the feed checks' messages."""
+
+    missing: str  # with {missing} and {present}
+    empty: str
+
+
+FILE_WORDING = Wording(
+    "missing column(s) {missing}; the file has {present}", "has a header but no rows"
+)
+QUERY_WORDING = Wording(
+    "the query returns no column {missing}; it returns {present}", "the query returned no rows"
+)
+RECORDS_WORDING = Wording(
+    "no record has {missing}; the records have {present}", "returned no records"
+)
+
+
+@dataclass(frozen=True)
 class Feed:
     """One warehouse's rows as read, before any check: every value still text."""
 
@@ -50,8 +72,13 @@ def feed_frame(
     modified_at: datetime,
     *,
     first_line: int,
+    wording: Wording = FILE_WORDING,
 ) -> Feed:
-    """Pick the configured SKU and quantity columns, as text, numbered by the line they came from."""
+    """Pick the configured SKU and quantity columns, as text, numbered by the line they came from.
+
+    The two checks every kind shares live here: the configured columns exist, and a feed with
+    no rows is refused unless the warehouse allows it (a truncated export must not zero stock).
+    """
     wanted = [warehouse.sku_column, warehouse.quantity_column]
     if warehouse.timestamp_column:
         wanted.append(warehouse.timestamp_column)
@@ -59,13 +86,16 @@ def feed_frame(
     if missing:
         raise WarehouseUnreadable(
             warehouse.name,
-            f"{source}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"the file has {', '.join(repr(c) for c in frame.columns) or 'no columns'}",
+            f"{source}: "
+            + wording.missing.format(
+                missing=", ".join(repr(c) for c in missing),
+                present=", ".join(repr(c) for c in frame.columns) or "no columns",
+            ),
         )
     if frame.height == 0 and not warehouse.allow_empty:
         raise WarehouseUnreadable(
             warehouse.name,
-            f"{source}: has a header but no rows; refusing to treat the warehouse as empty "
+            f"{source}: {wording.empty}; refusing to treat the warehouse as empty "
             "(set allow_empty = true for this warehouse if it really can be)",
         )
     rows = frame.select(
@@ -111,3 +141,20 @@ def newest_timestamp(warehouse: str, source: str, column: pl.Series) -> datetime
     if not isinstance(newest, datetime):
         raise WarehouseUnreadable(warehouse, f"{source}: timestamp column {column.name!r} is empty")
     return newest
+
+
+Secrets = Mapping[str, SecretStr]
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of warehouse source: its settings, its reader, and what to do after a good run.
+
+    `after_success` runs once every valid update of a run has landed (the SFTP drop moves the
+    file it read into its archive); it returns where the feed went, or None if it did nothing.
+    """
+
+    name: str  # the `kind` written in the configuration
+    settings: type[WarehouseBase]
+    read: Callable[[Any, Secrets], Feed]
+    after_success: Callable[[Any, Secrets, Feed], str | None] | None = None

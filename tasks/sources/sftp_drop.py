@@ -9,14 +9,62 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import asyncssh
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from tasks.config import SftpWarehouse
-from tasks.sources.feed import Feed, WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.files import csv_feed
+from tasks.config.fields import relative_to_config
+from tasks.config.secrets import SecretRef
+from tasks.sources.csv_file import csv_feed
+from tasks.sources.feed import Feed, SourceKind, WarehouseUnavailable, WarehouseUnreadable
+from tasks.sources.warehouse import CsvOptions, RemoteWarehouse
+
+
+class SftpWarehouse(RemoteWarehouse, CsvOptions):
+    kind: Literal["sftp"]
+    host: str = Field(min_length=1)
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    password: SecretRef | None = None
+    private_key: SecretRef | None = Field(None, description="the key itself (OpenSSH/PEM text)")
+    passphrase: SecretRef | None = Field(None, description="for an encrypted private_key")
+    known_hosts: str | None = Field(None, description="known_hosts file listing the server's key")
+    host_key: str | None = Field(None, description='the server\'s key: "ssh-ed25519 AAAA..."')
+    path: str = Field(min_length=1, description="remote file or glob; the newest match is read")
+    archive_dir: str | None = Field(
+        None, min_length=1, description="remote folder the file moves to after a successful run"
+    )
+
+    _resolve = field_validator("known_hosts")(relative_to_config)
+
+    @field_validator("host_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        import asyncssh
+
+        if value is None:
+            return None
+        try:
+            asyncssh.import_public_key(value)
+        except (asyncssh.KeyImportError, ValueError):
+            raise ValueError(
+                'not an SSH public key; write it as ssh-keyscan prints it, "ssh-ed25519 AAAA..."'
+            ) from None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _verified_login(self) -> SftpWarehouse:
+        if (self.known_hosts is None) == (self.host_key is None):
+            raise ValueError(
+                "give exactly one of known_hosts (a file) or host_key (the server's public key); "
+                "the server's host key is always verified"
+            )
+        if self.password is None and self.private_key is None:
+            raise ValueError("give password or private_key (or both)")
+        if self.passphrase is not None and self.private_key is None:
+            raise ValueError("passphrase is for an encrypted private_key; private_key is missing")
+        return self
 
 
 @dataclass(frozen=True)
@@ -211,3 +259,15 @@ def _untrusted(
         f"{trusted_by}. Nothing was sent to it. If the provider really changed its key, "
         "confirm this fingerprint with them, then update the configuration."
     )
+
+
+def archive_after_success(
+    warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr], feed: Feed
+) -> str | None:
+    """After a run in which every update landed: move the file read into archive_dir, if set."""
+    if not warehouse.archive_dir or not isinstance(feed, SftpFeed):
+        return None
+    return archive_sftp_file(warehouse, secrets, feed)
+
+
+KIND = SourceKind("sftp", SftpWarehouse, read_sftp_feed, archive_after_success)

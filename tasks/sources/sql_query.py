@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 import sqlalchemy
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from tasks.config import SqlWarehouse
-from tasks.sources.feed import Feed, WarehouseUnavailable, WarehouseUnreadable, feed_frame
+from tasks.config.secrets import SecretRef
+from tasks.sources.feed import (
+    QUERY_WORDING,
+    Feed,
+    SourceKind,
+    WarehouseUnavailable,
+    WarehouseUnreadable,
+    feed_frame,
+)
+from tasks.sources.warehouse import RemoteWarehouse
 
 # PostgreSQL error classes worth a retry: connection exception, insufficient resources,
 # operator intervention (server shutting down), transaction rollback (serialization, deadlock).
@@ -22,6 +32,12 @@ TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "40"})
 TRANSIENT_SQLITE_ERRORS = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 # A refusal at connection time comes without an SQLSTATE; these ones pass by themselves.
 POSTGRES_BUSY = ("starting up", "shutting down", "too many clients", "connection slots")
+
+
+class SqlWarehouse(RemoteWarehouse):
+    kind: Literal["sql"]
+    url: SecretRef = Field(description="SQLAlchemy URL, e.g. postgresql://user:pw@host/db")
+    query: str = Field(min_length=1, description="returns the SKU and quantity columns")
 
 
 def read_sql_feed(warehouse: SqlWarehouse, secrets: Mapping[str, SecretStr]) -> Feed:
@@ -54,22 +70,14 @@ def read_sql_feed(warehouse: SqlWarehouse, secrets: Mapping[str, SecretStr]) -> 
         ) from None
     finally:
         engine.dispose()
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise WarehouseUnreadable(
-            warehouse.name,
-            f"{source}: the query returns no column {', '.join(map(repr, missing))}; it returns "
-            f"{', '.join(map(repr, frame.columns)) or 'no columns'}",
-        )
-    if frame.height == 0 and not warehouse.allow_empty:
-        raise WarehouseUnreadable(
-            warehouse.name,
-            f"{source}: the query returned no rows; refusing to treat the warehouse as empty "
-            "(set allow_empty = true for this warehouse if it really can be)",
-        )
+    feed = feed_frame(
+        warehouse, source, frame, 0, datetime.now(UTC), first_line=1, wording=QUERY_WORDING
+    )
     # a database reports no transfer size: count the bytes of the values read, as text
-    size = frame.select(pl.sum_horizontal(pl.col(columns).str.len_bytes().sum())).item()
-    return feed_frame(warehouse, source, frame, int(size or 0), datetime.now(UTC), first_line=1)
+    size = feed.rows.select(
+        pl.sum_horizontal(pl.col("sku_text", "quantity_text").str.len_bytes().sum())
+    ).item()
+    return replace(feed, bytes_read=int(size or 0))
 
 
 def _url(warehouse: SqlWarehouse, secret: SecretStr) -> URL:
@@ -124,3 +132,6 @@ def _masked(message: str, secret: SecretStr) -> str:
     """Never echo a password, even if a driver puts it in its message."""
     password = make_url(secret.get_secret_value()).password
     return message.replace(password, "***") if password else message
+
+
+KIND = SourceKind("sql", SqlWarehouse, read_sql_feed)

@@ -11,21 +11,64 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 import httpx
 import polars as pl
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from tasks.config import HttpWarehouse
-from tasks.sources.feed import Feed, WarehouseUnavailable, WarehouseUnreadable, feed_frame
+from tasks.config.fields import http_url
+from tasks.config.secrets import SecretRef
+from tasks.http_verdicts import (
+    USER_AGENT,
+    Unreachable,
+    is_transient,
+    retry_after_seconds,
+    send,
+    server_message,
+)
+from tasks.sources.feed import (
+    RECORDS_WORDING,
+    Feed,
+    SourceKind,
+    WarehouseUnavailable,
+    WarehouseUnreadable,
+    feed_frame,
+)
+from tasks.sources.warehouse import RemoteWarehouse
 
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 60.0
 MAX_PAGES = 100_000
-USER_AGENT = "inventory-sync/0.1"
 _MISSING = object()
+
+
+class HttpWarehouse(RemoteWarehouse):
+    kind: Literal["http"]
+    base_url: str = Field(description="the WMS API root, e.g. https://wms.example.com/api")
+    path: str = Field("", description="the stock endpoint, relative to base_url")
+    params: dict[str, str] = Field(default_factory=dict, description="extra query parameters")
+    auth_header: str = Field("Authorization", min_length=1)
+    auth_value: SecretRef | None = Field(None, description='the whole value, e.g. "Bearer abc"')
+    records_path: str = Field("", description='dotted path to each page\'s records; "" = the body')
+    pagination: Literal["none", "page", "cursor", "next"] = "none"
+    page_param: str = Field("page", min_length=1)
+    first_page: int = Field(1, ge=0)
+    page_size_param: str | None = Field(None, min_length=1)
+    page_size: int | None = Field(None, ge=1)
+    cursor_param: str = Field("cursor", min_length=1)
+    cursor_path: str | None = Field(None, min_length=1, description="dotted path to next cursor")
+    next_path: str = Field("next", min_length=1, description="dotted path to the next page's URL")
+
+    _url = field_validator("base_url")(http_url)
+
+    @model_validator(mode="after")
+    def _pagination_keys(self) -> HttpWarehouse:
+        if self.pagination == "cursor" and not self.cursor_path:
+            raise ValueError('pagination = "cursor" needs cursor_path = "<dotted path>"')
+        if (self.page_size is None) != (self.page_size_param is None):
+            raise ValueError("page_size and page_size_param go together")
+        return self
 
 
 def read_http_feed(warehouse: HttpWarehouse, secrets: Mapping[str, SecretStr]) -> Feed:
@@ -34,14 +77,10 @@ def read_http_feed(warehouse: HttpWarehouse, secrets: Mapping[str, SecretStr]) -
     with WmsClient(warehouse, secrets.get("auth_value")) as client:
         records = [record for page in pages(warehouse, client) for record in page]
         size = client.bytes_read
-    if not records and not warehouse.allow_empty:
-        raise WarehouseUnreadable(
-            warehouse.name,
-            f"{source}: returned no records; refusing to treat the warehouse as empty "
-            "(set allow_empty = true for this warehouse if it really can be)",
-        )
     frame = records_frame(warehouse, source, records)
-    return feed_frame(warehouse, source, frame, size, datetime.now(UTC), first_line=1)
+    return feed_frame(
+        warehouse, source, frame, size, datetime.now(UTC), first_line=1, wording=RECORDS_WORDING
+    )
 
 
 def endpoint(warehouse: HttpWarehouse) -> str:
@@ -74,26 +113,20 @@ class WmsClient:
         """GET one page and return its JSON, numbers kept as the text the server wrote."""
         what = f"GET {url}"
         try:
-            response = self._http.get(url, params=dict(params) or None)
-        except httpx.TimeoutException as exc:
-            raise WarehouseUnavailable(
-                self.warehouse, f"{what}: timed out ({type(exc).__name__})"
-            ) from None
-        except httpx.TransportError as exc:
-            raise WarehouseUnavailable(
-                self.warehouse, f"{what}: connection failed ({type(exc).__name__}: {exc})"
-            ) from None
+            response = send(self._http, "GET", url, what, params=dict(params) or None)
+        except Unreachable as exc:
+            raise WarehouseUnavailable(self.warehouse, str(exc)) from None
         self.bytes_read += len(response.content)
         status = response.status_code
-        if status in RETRYABLE_STATUSES or status >= 500:
+        if is_transient(status):
             _wait_out_retry_after(response)
             raise WarehouseUnavailable(
-                self.warehouse, f"{what}: HTTP {status} {_server_message(response)}"
+                self.warehouse, f"{what}: HTTP {status} {server_message(response)}"
             )
         if not 200 <= status < 300:
             hint = " (check auth_value)" if status in (401, 403) else ""
             raise WarehouseUnreadable(
-                self.warehouse, f"{what}: HTTP {status} {_server_message(response)}{hint}"
+                self.warehouse, f"{what}: HTTP {status} {server_message(response)}{hint}"
             )
         try:
             return json.loads(response.content, parse_int=str, parse_float=str)
@@ -192,23 +225,11 @@ def _as_text(value: Any) -> str | None:
     return json.dumps(value)
 
 
-def _server_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = None
-    if isinstance(body, dict):
-        for key in ("error", "message", "detail", "title"):
-            if isinstance(body.get(key), str):
-                return str(body[key])
-    text = response.text.strip()
-    return text[:300] if text else response.reason_phrase
-
-
 def _wait_out_retry_after(response: httpx.Response) -> None:
     """Honour a short Retry-After inside the attempt; the task's backoff then adds its delay."""
-    try:
-        seconds = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return
-    time.sleep(min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS))
+    seconds = retry_after_seconds(response)
+    if seconds is not None:
+        time.sleep(min(seconds, MAX_RETRY_AFTER_SECONDS))
+
+
+KIND = SourceKind("http", HttpWarehouse, read_http_feed)

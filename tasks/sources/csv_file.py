@@ -1,32 +1,36 @@
-"""Warehouse exports on disk: CSV and Parquet files, the newest match of a glob; CSV parsing."""
+"""CSV exports on disk, and the CSV parsing the SFTP drops share."""
 
 from __future__ import annotations
 
-import glob
 import io
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
+from pydantic import Field, field_validator
 
-from tasks.config import CsvWarehouse, ParquetWarehouse, SftpWarehouse
-from tasks.sources.feed import Feed, WarehouseUnreadable, feed_frame
+from tasks.config.fields import relative_to_config
+from tasks.sources.feed import Feed, Secrets, SourceKind, WarehouseUnreadable, feed_frame
+from tasks.sources.local_files import newest_file, read_bytes
+from tasks.sources.warehouse import CsvOptions, WarehouseBase
+
+if TYPE_CHECKING:
+    from tasks.sources.sftp_drop import SftpWarehouse
 
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def newest_file(warehouse: str, pattern: str) -> Path:
-    """The file itself, or the most recently modified file matching the glob."""
-    matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
-    if not matches:
-        raise WarehouseUnreadable(warehouse, f"no file matches {pattern}")
-    return max(matches, key=lambda p: (p.stat().st_mtime, p.name))
+class CsvWarehouse(WarehouseBase, CsvOptions):
+    kind: Literal["csv"]
+    path: str = Field(description="file or glob; a glob picks the newest matching file")
+
+    _resolve = field_validator("path")(relative_to_config)
 
 
-def read_csv_feed(warehouse: CsvWarehouse) -> Feed:
+def read_csv_feed(warehouse: CsvWarehouse, secrets: Secrets | None = None) -> Feed:
     """Read a CSV export from disk."""
     path = newest_file(warehouse.name, warehouse.path)
-    data, modified = _read_bytes(warehouse.name, path)
+    data, modified = read_bytes(warehouse.name, path)
     return csv_feed(warehouse, str(path), data, modified)
 
 
@@ -49,27 +53,6 @@ def csv_feed(
         raise WarehouseUnreadable(warehouse.name, f"{source}: not a readable CSV: {exc}") from None
     frame = frame.rename({c: c.strip() for c in frame.columns})
     return feed_frame(warehouse, source, frame, size, modified, first_line=2)
-
-
-def read_parquet_feed(warehouse: ParquetWarehouse) -> Feed:
-    """Read a Parquet export; SKU and quantity columns are taken as text for the checks."""
-    path = newest_file(warehouse.name, warehouse.path)
-    data, modified = _read_bytes(warehouse.name, path)
-    try:
-        frame = pl.read_parquet(io.BytesIO(data))
-    except pl.exceptions.PolarsError as exc:
-        raise WarehouseUnreadable(
-            warehouse.name, f"{path}: not a readable Parquet file: {exc}"
-        ) from None
-    return feed_frame(warehouse, str(path), frame, len(data), modified, first_line=1)
-
-
-def _read_bytes(warehouse: str, path: Path) -> tuple[bytes, datetime]:
-    try:
-        modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
-        return path.read_bytes(), modified
-    except OSError as exc:
-        raise WarehouseUnreadable(warehouse, f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _as_utf8(warehouse: str, source: str, data: bytes, encoding: str) -> bytes:
@@ -95,3 +78,6 @@ def _as_utf8(warehouse: str, source: str, data: bytes, encoding: str) -> bytes:
         raise WarehouseUnreadable(
             warehouse, f"{source}: line {line} is not valid {encoding} (byte {exc.start})"
         ) from None
+
+
+KIND = SourceKind("csv", CsvWarehouse, read_csv_feed)

@@ -1,0 +1,164 @@
+"""The one configuration file (TOML), validated with pydantic and parsed once at the edge."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+
+from tasks.config.errors import ConfigError, describe_errors
+from tasks.config.fields import Section, http_url, relative_to_config
+from tasks.sources import registry
+from tasks.sources.warehouse import WarehouseBase
+
+BASE_URL_ENV = "LIGHTSPEED_BASE_URL"
+
+
+class LightspeedSettings(Section):
+    base_url: str = Field(description="API root, e.g. https://lsapi-product.lightspeedapp.com")
+    token_secret: str | None = Field(
+        None, description="Prefect Secret block holding the token; else $LIGHTSPEED_TOKEN"
+    )
+    chunk_size: int = Field(500, ge=1, le=100_000, description="products per PUT /inventory")
+    max_concurrency: int = Field(4, ge=1, le=64, description="chunks in flight at once")
+    per_page: int = Field(250, ge=1, le=10_000, description="products per catalog page")
+    timeout_seconds: float = Field(30.0, gt=0, description="per HTTP request")
+    retries: int = Field(5, ge=0, le=20, description="retries of a chunk on a transient error")
+    retry_backoff_seconds: float = Field(
+        2.0, ge=0, description="first retry delay; doubles on each further retry, with jitter"
+    )
+    max_retry_after_seconds: float = Field(
+        120.0, ge=0, description="longest Retry-After honoured before failing the attempt"
+    )
+
+    _url = field_validator("base_url")(http_url)
+
+
+class CatalogSettings(Section):
+    source: Literal["api", "file"] = "api"
+    path: str | None = Field(None, description="CSV: vendorSku,id,isInventoryTrackingEnabled,...")
+    absent: Literal["zero", "keep"] = Field(
+        "zero", description="tracked products no warehouse lists: push 0, or leave alone"
+    )
+
+    _resolve = field_validator("path")(relative_to_config)
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> CatalogSettings:
+        if self.source == "file" and not self.path:
+            raise ValueError('source = "file" needs path = "<catalog CSV>"')
+        return self
+
+
+class ReportSettings(Section):
+    dir: str = Field(
+        "reports", validate_default=True, description="where each run writes its quarantine CSV"
+    )
+    max_artifact_rows: int = Field(500, ge=1, description="quarantined rows shown in the UI")
+
+    _resolve = field_validator("dir")(relative_to_config)
+
+
+class StateSettings(Section):
+    dir: str = Field(
+        "state", validate_default=True, description="where the last pushed quantities are kept"
+    )
+
+    _resolve = field_validator("dir")(relative_to_config)
+
+
+class GuardSettings(Section):
+    max_zeroed_share: float = Field(
+        0.2, ge=0, le=1, description="share of in-stock products a run may take to zero unasked"
+    )
+    max_units_drop_share: float = Field(
+        0.5, ge=0, le=1, description="share of total available units a run may remove unasked"
+    )
+    approval_timeout_seconds: int = Field(
+        3600, ge=1, description="how long a paused run waits for approval before it fails"
+    )
+    read_back: bool = Field(True, description="after the load, read quantities back for drift")
+
+
+class Settings(Section):
+    lightspeed: LightspeedSettings
+    catalog: CatalogSettings = CatalogSettings()
+    warehouses: list[WarehouseBase] = Field(min_length=1)  # each of a registered kind
+    report: ReportSettings = Field(default_factory=lambda: ReportSettings())
+    state: StateSettings = Field(default_factory=lambda: StateSettings())
+    guards: GuardSettings = Field(default_factory=lambda: GuardSettings())
+
+    @field_validator("warehouses")
+    @classmethod
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
+        names = [w.name for w in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"warehouse names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+
+@cache
+def _settings_model(kinds: tuple[str, ...]) -> type[Settings]:
+    """Settings whose warehouses are validated as one of the registered kinds (by `kind`)."""
+    warehouses: dict[str, Any] = {
+        "warehouses": (list.__class_getitem__(registry.warehouse_type()), Field(min_length=1))
+    }
+    return create_model("Settings", __base__=Settings, **warehouses)
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the TOML file; relative paths are taken from the file's folder."""
+    environ = os.environ if environ is None else environ
+    if not str(path).strip():
+        raise ConfigError(
+            "config_path is empty: give the configuration file (deployments read it from "
+            "$INVENTORY_SYNC_CONFIG when they are registered)"
+        )
+    path = Path(path).expanduser().resolve()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if environ.get(BASE_URL_ENV):
+        data.setdefault("lightspeed", {})["base_url"] = environ[BASE_URL_ENV]
+    for section in ("report", "state"):
+        data.setdefault(section, {})  # so its default folder is resolved against the config's
+    kinds = registry.names()
+    try:
+        return _settings_model(kinds).model_validate(data, context={"base_dir": str(path.parent)})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{path}: invalid configuration:\n{describe_errors(exc, data, kinds)}"
+        ) from None
+
+
+def apply_run_options(settings: Settings, chunk_size: int | None) -> Settings:
+    """The settings for one run, with a chunk-size override from the flow parameters."""
+    if not chunk_size:
+        return settings
+    lightspeed = settings.lightspeed.model_copy(update={"chunk_size": chunk_size})
+    return settings.model_copy(update={"lightspeed": lightspeed})
+
+
+def select_warehouses(settings: Settings, names: Sequence[str] | None) -> list[WarehouseBase]:
+    """The warehouses to read this run: all, or the named ones (an unknown name is an error)."""
+    if not names:
+        return list(settings.warehouses)
+    known = {w.name for w in settings.warehouses}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"warehouses parameter: no warehouse named {', '.join(map(repr, unknown))}; "
+            f"the configuration has {', '.join(map(repr, sorted(known)))}"
+        )
+    return [w for w in settings.warehouses if w.name in names]

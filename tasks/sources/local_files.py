@@ -1,0 +1,26 @@
+"""Exports on local disk: the newest file matching a glob, and its bytes with their time."""
+
+from __future__ import annotations
+
+import glob
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tasks.sources.feed import WarehouseUnreadable
+
+
+def newest_file(warehouse: str, pattern: str) -> Path:
+    """The file itself, or the most recently modified file matching the glob."""
+    matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
+    if not matches:
+        raise WarehouseUnreadable(warehouse, f"no file matches {pattern}")
+    return max(matches, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def read_bytes(warehouse: str, path: Path) -> tuple[bytes, datetime]:
+    """The file's bytes and modification time; an error names the file."""
+    try:
+        modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        return path.read_bytes(), modified
+    except OSError as exc:
+        raise WarehouseUnreadable(warehouse, f"{path}: cannot read: {exc.strerror}") from None

@@ -1,0 +1,51 @@
+"""What every warehouse's configuration has in common, whatever kind of source it is."""
+
+from __future__ import annotations
+
+import codecs
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from tasks.config.fields import Duration, Section
+
+
+class WarehouseBase(Section):
+    kind: str
+    name: str = Field(min_length=1, description="shown in the summary and in every error")
+    sku_column: str = Field(min_length=1)
+    quantity_column: str = Field(min_length=1)
+    safety_stock: int = Field(0, ge=0, description="units held back per SKU in this warehouse")
+    allow_empty: bool = Field(
+        False, description="accept a feed with a header but no rows (else the run fails)"
+    )
+    max_age: Duration | None = Field(
+        None, description='a feed older than this is stale, e.g. "2h" (default: no limit)'
+    )
+    timestamp_column: str | None = Field(
+        None, description="feed age from the newest timestamp in this column, not the file time"
+    )
+    on_stale: Literal["fail", "use_last_good"] = Field(
+        "fail", description="a stale feed fails the run, or the last good snapshot is used"
+    )
+
+
+class CsvOptions(Section):
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+
+
+class RemoteWarehouse(WarehouseBase):
+    timeout_seconds: float = Field(30.0, gt=0, description="connect / per-request timeout")
+    retries: int = Field(3, ge=0, le=20, description="extract retries after a transient error")
+    retry_backoff_seconds: float = Field(
+        2.0, ge=0, description="first retry delay; doubles on each further retry, with jitter"
+    )
