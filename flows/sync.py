@@ -1,4 +1,11 @@
-"""The inventory sync flow: extract → check rows → reconcile → check payload → plan → load → verify."""
+"""The inventory sync flow, stage by stage.
+
+catalog (tasks/lightspeed/catalog) ∥ extract (tasks/sources/extract) → feed ages (tasks/guards)
+→ check rows (tasks/checks/rows) → reconcile (tasks/reconcile) → check payload
+(tasks/checks/payload) → delta (tasks/delta) → change guard (tasks/guards) → load
+(tasks/lightspeed/load) → read-back (tasks/lightspeed/read_back) → summary (tasks/summary)
+→ publish (tasks/publish).
+"""
 
 from __future__ import annotations
 
@@ -16,21 +23,16 @@ from tasks.checks.rows import check_rows_task
 from tasks.config.secrets import resolve_token
 from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
-from tasks.guards import ask_for_approval, guard_feed_ages, measure_breaker
+from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
 from tasks.lightspeed.catalog import read_catalog_task
 from tasks.lightspeed.client import retry_policy
 from tasks.lightspeed.load import load
 from tasks.lightspeed.read_back import read_back
+from tasks.publish import emit_run_event, publish_artifacts, write_files
 from tasks.reconcile import reconcile_task
 from tasks.sources.extract import archive_processed, extract_all
 from tasks.state import StateStore
-from tasks.summary import (
-    RunSummary,
-    emit_run_event,
-    publish_artifacts,
-    summarize,
-    write_files,
-)
+from tasks.summary import RunSummary, summarize
 
 
 class SyncFailed(Exception):
@@ -91,9 +93,9 @@ def inventory_sync(
         plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
         check_payload_task(plan.payload, catalog)
         changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)
-        breaker = measure_breaker(changes.all, settings.guards)
-        if breaker.tripped and not (dry_run or approve_large_changes):
-            ask_for_approval(breaker, settings.guards.approval_timeout_seconds)
+        guard = measure_change_guard(changes.all, settings.guards)
+        if guard.tripped and not (dry_run or approve_large_changes):
+            ask_for_approval(guard, settings.guards.approval_timeout_seconds)
 
         outcome = drift = None
         if not dry_run:
@@ -103,9 +105,9 @@ def inventory_sync(
 
         summary = summarize(
             run, dry_run, extracted, checked, plan, changes, outcome,
-            chunk_size=api.chunk_size, drift=drift, notes=stale_notes, breaker=breaker,
+            chunk_size=api.chunk_size, drift=drift, notes=stale_notes, guard=guard,
         )  # fmt: skip
-        write_files(summary, checked, changes, outcome, settings.report.dir)
+        summary.files = write_files(summary, checked, changes, outcome, settings.report.dir)
         publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
         logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
         if outcome is not None and (summary.ok or outcome.products_sent):

@@ -1,4 +1,4 @@
-"""Stage 5: compare the payload with what was last pushed, and send only what changed."""
+"""Compare the payload with what was last pushed, and send only what changed."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ class StaleFeeds(Exception):
 
 
 class ChangesNotApproved(Exception):
-    """The breaker tripped and nobody approved the run (rejected, timed out, or no server)."""
+    """The change guard tripped and nobody approved the run (rejected, timed out, or no server)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _last_good(
 
 
 @dataclass(frozen=True)
-class Breaker:
+class ChangeGuard:
     """How much this run would take away, compared with what the platform last had."""
 
     in_stock_before: int
@@ -169,7 +169,9 @@ class Breaker:
         return "\n".join(lines)
 
 
-def measure_breaker(changes: pl.DataFrame, guards: GuardSettings, show: int = 20) -> Breaker:
+def measure_change_guard(
+    changes: pl.DataFrame, guards: GuardSettings, show: int = 20
+) -> ChangeGuard:
     """Compare new quantities with the previous ones (id, vendorSku, quantity, previous)."""
     known = changes.filter(pl.col("previous").is_not_null())
     drops = (
@@ -179,7 +181,7 @@ def measure_breaker(changes: pl.DataFrame, guards: GuardSettings, show: int = 20
         .head(show)
         .select("id", "vendorSku", "previous", "quantity")
     )
-    return Breaker(
+    return ChangeGuard(
         in_stock_before=known.filter(pl.col("previous") > 0).height,
         zeroed=known.filter((pl.col("previous") > 0) & (pl.col("quantity") == 0)).height,
         units_before=int(known["previous"].sum() or 0),
@@ -204,9 +206,9 @@ class Approval(RunInput):
     note: str = Field("", description="Why (kept in the run's logs)")
 
 
-def ask_for_approval(breaker: Breaker, timeout_seconds: int, poll_seconds: int = 5) -> str:
+def ask_for_approval(guard: ChangeGuard, timeout_seconds: int, poll_seconds: int = 5) -> str:
     """Pause the flow run until someone approves in the UI; raise ChangesNotApproved otherwise."""
-    explanation = breaker.explain()
+    explanation = guard.explain()
     if not PREFECT_API_URL.value():
         raise ChangesNotApproved(
             "the change guard tripped and this run has no Prefect server to ask for approval, "

@@ -1,4 +1,4 @@
-"""Stage 3: the reconciliation rules, as pure functions of polars frames (no Prefect, no HTTP)."""
+"""The reconciliation rules, as pure functions of polars frames (no Prefect, no HTTP)."""
 
 from __future__ import annotations
 

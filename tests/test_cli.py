@@ -134,7 +134,7 @@ def test_demo_is_what_make_run_does(tmp_path, prefect_api):
     assert list((demo / "reports").glob("*-quarantine.csv"))
 
 
-def test_breaker_without_a_server_fails_with_the_explanation(tmp_path, sandbox, write_config):
+def test_change_guard_without_a_server_fails_with_the_explanation(tmp_path, sandbox, write_config):
     """No PREFECT_API_URL: nobody could approve in a UI, so the run fails and says why."""
     sandbox.reset(products=[product(f"S{i}", quantity=10) for i in range(5)])
     (tmp_path / "east.csv").write_text("sku,qty\n" + "".join(f"S{i},0\n" for i in range(5)))

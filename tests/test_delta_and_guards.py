@@ -202,7 +202,7 @@ def resume_when_paused(prefect_api, run_input: dict) -> threading.Thread:
     return thread
 
 
-def test_breaker_pauses_and_approval_resumes(stocked, sandbox, prefect_api):
+def test_change_guard_pauses_and_approval_resumes(stocked, sandbox, prefect_api):
     thread = resume_when_paused(prefect_api, {"approve": True, "note": "stock count"})
     state, summary = run(stocked)
     thread.join(5)
@@ -211,7 +211,7 @@ def test_breaker_pauses_and_approval_resumes(stocked, sandbox, prefect_api):
     assert any("change guard" in note and "(approved)" in note for note in summary.notes)
 
 
-def test_breaker_rejected_sends_nothing(stocked, sandbox, prefect_api):
+def test_change_guard_rejected_sends_nothing(stocked, sandbox, prefect_api):
     thread = resume_when_paused(prefect_api, {"approve": False, "note": "feed is truncated"})
     state, result = run(stocked)
     thread.join(5)
@@ -220,7 +220,7 @@ def test_breaker_rejected_sends_nothing(stocked, sandbox, prefect_api):
     assert puts(sandbox) == []
 
 
-def test_breaker_can_be_pre_approved_and_shows_in_a_dry_run(stocked, sandbox):
+def test_change_guard_can_be_pre_approved_and_shows_in_a_dry_run(stocked, sandbox):
     state, summary = run(stocked, dry_run=True)
     assert state.is_completed() and puts(sandbox) == []
     assert any("a real run would ask for approval" in note for note in summary.notes)

@@ -1,4 +1,4 @@
-"""Stage 4: the GX payload suite over what is about to be sent; any failure is a bug, so stop."""
+"""The GX payload suite over what is about to be sent; any failure is a bug, so stop."""
 
 from __future__ import annotations
 

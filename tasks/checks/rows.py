@@ -1,4 +1,4 @@
-"""Stage 2: parse every warehouse row in polars and flag bad ones with the GX rows suite."""
+"""Parse every warehouse row in polars and flag bad ones with the GX rows suite."""
 
 from __future__ import annotations
 

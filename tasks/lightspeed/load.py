@@ -1,4 +1,4 @@
-"""Stage 6: chunked PUT /inventory, one Prefect task run per chunk, retried only when it can help."""
+"""Chunked PUT /inventory, one Prefect task run per chunk, retried only when it can help."""
 
 from __future__ import annotations
 

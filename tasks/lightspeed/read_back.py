@@ -1,4 +1,4 @@
-"""Stage 7: read quantities back from the API and report products that did not stick (drift)."""
+"""Read quantities back from the API and report products that did not stick (drift)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 1: read every warehouse feed, one task each; any unreadable feed stops the run."""
+"""Read every warehouse feed, one task each; any unreadable feed stops the run."""
 
 from __future__ import annotations
 
