@@ -40,6 +40,9 @@ def run(
     approve_large_changes: bool = typer.Option(
         False, "--approve-large-changes", help="send even if the change guard trips"
     ),
+    refresh_catalog: bool = typer.Option(
+        False, "--refresh-catalog", help="read the whole catalog from the API now, not the kept one"
+    ),
 ) -> None:
     """Run the sync once and print its summary.
 
@@ -54,6 +57,7 @@ def run(
             warehouses=warehouse or None,
             chunk_size=chunk_size,
             approve_large_changes=approve_large_changes,
+            refresh_catalog=refresh_catalog,
         )
     )
 

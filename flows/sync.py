@@ -24,15 +24,17 @@ from tasks.config.secrets import resolve_token
 from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
-from tasks.lightspeed.catalog import read_catalog_task
+from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.client import retry_policy
 from tasks.lightspeed.load import load
-from tasks.lightspeed.read_back import read_back
+from tasks.lightspeed.read_back import audited_share, read_back
 from tasks.publish import emit_run_event, publish_artifacts, write_files
 from tasks.reconcile import reconcile_task
 from tasks.sources.extract import archive_processed, extract_all
 from tasks.state import StateStore
 from tasks.summary import RunSummary, summarize
+
+CATALOG_RETRIES = 2  # each resumes the refresh from the last page kept; pages retry per GET
 
 
 class SyncFailed(Exception):
@@ -60,6 +62,7 @@ def inventory_sync(
     warehouses: list[str] | None = None,
     chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
     approve_large_changes: bool = False,
+    refresh_catalog: bool = False,
 ) -> RunSummary:
     """Push each product's available quantity, reconciled from every warehouse, to Lightspeed.
 
@@ -71,6 +74,8 @@ def inventory_sync(
             feed, so no product gets a partial sum. Empty: read all warehouses.
         chunk_size: Products per PUT for this run only. Empty: lightspeed.chunk_size.
         approve_large_changes: Send even if the change guard trips (after a stock count, say).
+        refresh_catalog: Read the whole catalog from the API now, not the one kept between
+            runs (a full run always does): for products added or re-flagged since.
     """
     logger = get_run_logger()
     run_id = str(flow_run.id or uuid4())  # what the state records; names can repeat
@@ -79,15 +84,17 @@ def inventory_sync(
     api = settings.lightspeed
     token = resolve_token(api)
     with StateStore(settings.state.dir).exclusive(run) as store:  # no two runs overlap
-        catalog_future = read_catalog_task.with_options(**retry_policy(api)).submit(
-            settings.catalog, api, token
-        )
+        catalog_future = read_catalog_task.with_options(
+            **retry_policy(api, CATALOG_RETRIES)
+        ).submit(settings.catalog, api, token, settings.state.dir, refresh=full or refresh_catalog)
         extracted = extract_all(select_warehouses(settings, warehouses))
         extracted, stale_notes = guard_feed_ages(
             extracted, settings.warehouses, store, datetime.now(UTC)
         )
-        catalog = catalog_future.result()
-        logger.info("catalog: %d product(s) from %s", catalog.height, settings.catalog.source)
+        catalog_read = settle_catalog(
+            catalog_future.result(raise_on_failure=False), settings.catalog, settings.state.dir
+        )
+        catalog = catalog_read.frame
 
         checked = check_rows_task(extracted.rows(), catalog)
         plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
@@ -97,15 +104,17 @@ def inventory_sync(
         if guard.tripped and not (dry_run or approve_large_changes):
             ask_for_approval(guard, settings.guards.approval_timeout_seconds)
 
-        outcome = drift = None
+        outcome = audit = None
         if not dry_run:
             outcome = load(changes.to_send, api, token, settings.state.dir, run_id)
             if settings.guards.read_back:
-                drift = read_back(changes.to_send, outcome, api, token, store)
+                pages = settings.guards.read_back_pages
+                audit = read_back(changes.to_send, outcome, catalog, api, pages, token, store)
 
         summary = summarize(
             run, dry_run, extracted, checked, plan, changes, outcome,
-            chunk_size=api.chunk_size, drift=drift, notes=stale_notes, guard=guard,
+            chunk_size=api.chunk_size, read_back=audit, notes=stale_notes, guard=guard,
+            catalog=catalog_read, audited=audited_share(store, catalog.height),
         )  # fmt: skip
         summary.files = write_files(summary, checked, changes, outcome, settings.report.dir)
         publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)

@@ -1,4 +1,4 @@
-"""What the sync remembers between runs: SQLite for pushed quantities and feed ages, Parquet snapshots.
+"""What the sync remembers between runs: pushed quantities, feed ages, the catalog, read-back rotation.
 
 SQLite in WAL mode with synchronous=FULL makes each commit atomic and durable: a process
 killed at any moment leaves either the whole chunk recorded or none of it. Snapshots are
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -37,8 +38,57 @@ CREATE TABLE IF NOT EXISTS feeds (
     run TEXT NOT NULL,
     recorded_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS catalog (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    refreshed_at TEXT NOT NULL,
+    products INTEGER NOT NULL,
+    pages INTEGER NOT NULL,
+    per_page INTEGER NOT NULL,
+    frame BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog_refresh (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    started_at TEXT NOT NULL,
+    per_page INTEGER NOT NULL,
+    next_url TEXT,
+    pages INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog_refresh_pages (
+    page INTEGER PRIMARY KEY,
+    frame BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audited_pages (
+    page INTEGER PRIMARY KEY,
+    audited_at TEXT NOT NULL,
+    products INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS marks (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+READ_BACK_NEXT_PAGE = "read_back_next_page"
 LAST_PUSHED_SCHEMA = {"id": pl.String, "last_quantity": pl.Int64}
+
+
+@dataclass(frozen=True)
+class KeptCatalog:
+    """The catalog as the last complete refresh read it."""
+
+    frame: pl.DataFrame
+    refreshed_at: datetime
+    pages: int
+    per_page: int
+
+
+@dataclass(frozen=True)
+class RefreshProgress:
+    """A catalog refresh under way: where it started, and the next page to read (None: all read)."""
+
+    started_at: datetime
+    per_page: int
+    next_url: str | None
+    pages: int
 
 
 class StateBusy(Exception):
@@ -170,6 +220,110 @@ class StateStore:
         for feed in feeds:
             self.record_good_feed(feed.warehouse, feed.modified_at, feed.source, feed.rows, run)
 
+    # the catalog kept between runs, and a refresh that survives a kill
+
+    def kept_catalog(self) -> KeptCatalog | None:
+        """The catalog of the last complete refresh, or None if there has been none."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT frame, refreshed_at, pages, per_page FROM catalog WHERE one = 1"
+            ).fetchone()
+        if row is None:
+            return None
+        frame, refreshed_at, pages, per_page = row
+        return KeptCatalog(_frame(frame), datetime.fromisoformat(refreshed_at), pages, per_page)
+
+    def refresh_progress(self) -> RefreshProgress | None:
+        """The refresh under way, if a run started one and did not finish it."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT started_at, per_page, next_url, pages FROM catalog_refresh WHERE one = 1"
+            ).fetchone()
+        if row is None:
+            return None
+        started_at, per_page, next_url, pages = row
+        return RefreshProgress(datetime.fromisoformat(started_at), per_page, next_url, pages)
+
+    def start_refresh(self, first_url: str, per_page: int, now: datetime) -> RefreshProgress:
+        """Begin a refresh from the first page, dropping the pages of any earlier one."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM catalog_refresh_pages")
+            db.execute(
+                "INSERT OR REPLACE INTO catalog_refresh (one, started_at, per_page, next_url, pages)"
+                " VALUES (1, ?, ?, ?, 0)",
+                (now.isoformat(), per_page, first_url),
+            )
+            db.execute("COMMIT")
+        return RefreshProgress(now, per_page, first_url, 0)
+
+    def save_refresh_page(self, page: int, frame: pl.DataFrame, next_url: str | None) -> None:
+        """Keep one page read, and where the next one is, in one transaction."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT OR REPLACE INTO catalog_refresh_pages (page, frame) VALUES (?, ?)",
+                (page, _blob(frame)),
+            )
+            db.execute(
+                "UPDATE catalog_refresh SET next_url = ?, pages = ? WHERE one = 1", (next_url, page)
+            )
+            db.execute("COMMIT")
+
+    def refresh_pages(self) -> list[pl.DataFrame]:
+        """The pages the refresh under way has read, in order."""
+        with self._connect() as db:
+            rows = db.execute("SELECT frame FROM catalog_refresh_pages ORDER BY page").fetchall()
+        return [_frame(blob) for (blob,) in rows]
+
+    def finish_refresh(
+        self, catalog: pl.DataFrame, pages: int, per_page: int, now: datetime
+    ) -> None:
+        """Make a complete refresh the kept catalog, and forget its pages, in one transaction."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT OR REPLACE INTO catalog "
+                "(one, refreshed_at, products, pages, per_page, frame) VALUES (1, ?, ?, ?, ?, ?)",
+                (now.isoformat(), catalog.height, pages, per_page, _blob(catalog)),
+            )
+            db.execute("DELETE FROM catalog_refresh_pages")
+            db.execute("DELETE FROM catalog_refresh")
+            db.execute("COMMIT")
+
+    # the read-back's rotation through the catalog
+
+    def read_back_start(self) -> int:
+        """The catalog page the next read-back starts at (1 when none has run)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT value FROM marks WHERE key = ?", (READ_BACK_NEXT_PAGE,)
+            ).fetchone()
+        return int(row[0]) if row else 1
+
+    def record_audit(self, pages: dict[int, int], next_page: int, now: datetime) -> None:
+        """Remember which pages were read back (page → products on it) and where to go on."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR REPLACE INTO audited_pages (page, audited_at, products) VALUES (?, ?, ?)",
+                [(page, now.isoformat(), n) for page, n in pages.items()],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO marks (key, value) VALUES (?, ?)",
+                (READ_BACK_NEXT_PAGE, str(next_page)),
+            )
+            db.execute("COMMIT")
+
+    def audited_since(self, since: datetime) -> int:
+        """How many products the read-back has compared since then (each page counted once)."""
+        with self._connect() as db:
+            (total,) = db.execute(
+                "SELECT COALESCE(SUM(products), 0) FROM audited_pages WHERE audited_at >= ?",
+                (since.isoformat(),),
+            ).fetchone()
+        return int(total)
+
     def last_good_rows(self, warehouse: str) -> pl.DataFrame | None:
         path = self._snapshot_path(warehouse)
         return pl.read_parquet(path) if path.exists() else None
@@ -192,6 +346,17 @@ class StateStore:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _blob(frame: pl.DataFrame) -> bytes:
+    """A frame as Arrow IPC bytes: read back in milliseconds, even at a million rows."""
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer, compression="lz4")
+    return buffer.getvalue()
+
+
+def _frame(blob: bytes) -> pl.DataFrame:
+    return pl.read_ipc(io.BytesIO(blob))
 
 
 def _now() -> str:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import polars as pl
 
 from tasks.checks.rows import CheckedRows
 from tasks.delta import Changes, diff_lines
 from tasks.guards import ChangeGuard
+from tasks.lightspeed.catalog import CatalogRead, human_age
 from tasks.lightspeed.load import LoadOutcome
+from tasks.lightspeed.read_back import ReadBack
 from tasks.reconcile import Plan
 from tasks.sources.extract import Extracted
+
+UNKNOWN_SKU = "unknown SKU"  # the rows suite's reason, expectations/warehouse_rows.json
 
 
 @dataclass
@@ -54,6 +59,9 @@ class RunSummary:
     diff_totals: str = ""
     failures: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    catalog: str = ""  # where the catalog came from, how old, at what cost
+    read_back: str = ""  # what the read-back compared, and how much of the catalog in 24 h
+    waited_seconds: float = 0.0  # for room in the platform's rate-limit bucket
 
     @property
     def ok(self) -> bool:
@@ -79,6 +87,8 @@ class RunSummary:
         out = [
             f"inventory-sync run {self.run}" + (" (dry run: nothing sent)" if self.dry_run else "")
         ]
+        if self.catalog:
+            out.append(f"Catalog: {self.catalog}")
         out.append(f"Read {self.rows_read} row(s) from {len(self.warehouses)} warehouse(s):")
         for w in self.warehouses:
             out.append(
@@ -115,6 +125,10 @@ class RunSummary:
                 f"{self.chunks_accepted} of {self.chunks} chunk(s) accepted, "
                 f"{self.attempts} attempt(s) ({self.retries} retried), {self.requests} request(s)."
             )
+        if self.waited_seconds >= 0.05:
+            out.append(f"Waited {self.waited_seconds:.1f}s for room in the platform's rate limit.")
+        if self.read_back:
+            out.append(f"Read-back: {self.read_back}")
         if self.rejected:
             out.append(f"Rejected by the API and quarantined for this run: {len(self.rejected)}")
             out += [f"  {pid}: {why}" for pid, why in list(self.rejected.items())[:10]]
@@ -140,9 +154,11 @@ def summarize(
     outcome: LoadOutcome | None,
     *,
     chunk_size: int,
-    drift: pl.DataFrame | str | None,
+    read_back: ReadBack | str | None,
     notes: list[str],
     guard: ChangeGuard,
+    catalog: CatalogRead | None = None,
+    audited: float | None = None,
     diff_lines_shown: int = 20,
 ) -> RunSummary:
     """Gather the counts of every stage into one summary."""
@@ -186,13 +202,34 @@ def summarize(
             f"{changes.to_send.height} product(s) change; their units go from {before} to "
             f"{changes.to_send['quantity'].sum()}"
         )
-    if isinstance(drift, str):
-        summary.notes.append(drift)
-    elif drift is not None:
+    if catalog is not None:
+        summary.catalog = f"{catalog.frame.height} product(s), {catalog.origin}"
+        summary.notes += catalog.notes
+        summary.waited_seconds += catalog.waited_seconds
+        unknown = summary.rows_flagged.get(UNKNOWN_SKU, 0)
+        if unknown and catalog.refreshed_at is not None:
+            summary.notes.append(
+                f"{unknown} row(s) name a SKU the catalog does not know; it was refreshed "
+                f"{human_age(datetime.now(UTC) - catalog.refreshed_at)} ago, so a product "
+                "added since gets its quantity after the next refresh (--refresh-catalog "
+                "refreshes now)"
+            )
+    if isinstance(read_back, str):
+        summary.notes.append(read_back)
+    elif read_back is not None:
+        summary.waited_seconds += read_back.waited_seconds
         summary.drifted = [
             f"{sku} ({pid}): pushed {pushed}, platform has {'nothing' if now is None else now}"
-            for pid, sku, pushed, now in drift.iter_rows()
+            for pid, sku, pushed, now in read_back.drift.iter_rows()
         ]
+        coverage = "the whole catalog" if read_back.whole_catalog else f"{read_back.pages} page(s)"
+        summary.read_back = (
+            f"{coverage}, {read_back.products_read} product(s) compared "
+            f"({read_back.sent_checked} of the {summary.products_sent} sent this run), "
+            f"{read_back.retries} GET(s) retried"
+        )
+        if audited is not None:
+            summary.read_back += f"; {audited:.0%} of the catalog audited in the last 24 h"
     if outcome is not None:
         summary.chunks_accepted = len(outcome.accepted)
         summary.chunks_failed = len(outcome.failed)
@@ -200,6 +237,7 @@ def summarize(
         summary.products_sent = outcome.products_sent
         summary.products_not_landed = outcome.products_failed
         summary.requests = outcome.requests
+        summary.waited_seconds += outcome.waited_seconds
         summary.rejected = outcome.rejected
         summary.failures = [
             f"chunk {f.label} after {f.attempts} attempt(s): {f.error}; did not land: "

@@ -67,6 +67,7 @@ def write_config(tmp_path: Path, sandbox: SandboxServer) -> WriteConfig:
             [lightspeed]
             base_url = "{sandbox.url}"
             retry_backoff_seconds = 0.05
+            read_backoff_seconds = 0.05
             timeout_seconds = 5
             {textwrap.dedent(lightspeed)}
 

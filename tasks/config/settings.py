@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from tasks.config.errors import ConfigError, describe_errors
-from tasks.config.fields import Section, http_url, relative_to_config
+from tasks.config.fields import Duration, Section, http_url, relative_to_config
 from tasks.sources import registry
 from tasks.sources.warehouse import WarehouseBase
 
@@ -35,6 +36,14 @@ class LightspeedSettings(Section):
     max_retry_after_seconds: float = Field(
         120.0, ge=0, description="longest Retry-After honoured before failing the attempt"
     )
+    read_retries: int = Field(
+        5, ge=0, le=50, description="retries of one GET (a catalog or read-back page)"
+    )
+    read_backoff_seconds: float = Field(
+        0.5, ge=0, description="first GET retry waits up to this (full jitter), doubling after"
+    )
+    get_cost: float = Field(1.0, ge=0, description="bucket units a GET costs (rate-limit pacing)")
+    put_cost: float = Field(10.0, ge=0, description="bucket units a PUT costs (rate-limit pacing)")
 
     _url = field_validator("base_url")(http_url)
 
@@ -45,6 +54,13 @@ class CatalogSettings(Section):
     absent: Literal["zero", "keep"] = Field(
         "zero", description="tracked products no warehouse lists: push 0, or leave alone"
     )
+    max_age: Duration = Field(
+        timedelta(hours=24), description="a kept API catalog older than this is refreshed"
+    )
+    max_stale_age: Duration = Field(
+        timedelta(hours=72),
+        description="if a refresh fails, a kept catalog up to this old is still used",
+    )
 
     _resolve = field_validator("path")(relative_to_config)
 
@@ -52,6 +68,8 @@ class CatalogSettings(Section):
     def _file_needs_path(self) -> CatalogSettings:
         if self.source == "file" and not self.path:
             raise ValueError('source = "file" needs path = "<catalog CSV>"')
+        if self.max_stale_age < self.max_age:
+            raise ValueError("max_stale_age must be at least max_age")
         return self
 
 
@@ -83,6 +101,9 @@ class GuardSettings(Section):
         3600, ge=1, description="how long a paused run waits for approval before it fails"
     )
     read_back: bool = Field(True, description="after the load, read quantities back for drift")
+    read_back_pages: int = Field(
+        50, ge=1, description="catalog pages the read-back reads per run, in rotation"
+    )
 
 
 class Settings(Section):

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from tasks.config.settings import CatalogSettings, LightspeedSettings
-from tasks.lightspeed.client import LightspeedClient
+from tasks.lightspeed.client import (
+    LightspeedClient,
+    LightspeedError,
+    Unauthorized,
+)
 from tasks.lightspeed.contract import BACKORDER, TRACKED, FlagError, parse_flag
+from tasks.read_retries import run_warning
+from tasks.state import KeptCatalog, RefreshProgress, StateStore
 
 CATALOG_SCHEMA = {
     "id": pl.String,
@@ -36,13 +44,15 @@ def _flag(value: Any, where: str) -> bool:
         raise CatalogError(f"{where}: {exc}") from None
 
 
-def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
+def catalog_from_products(
+    products: list[dict[str, Any]], where: str = "GET /products"
+) -> pl.DataFrame:
     """The catalog frame from GET /products items."""
     ids, skus, tracked, backorder, quantities = [], [], [], [], []
     for n, product in enumerate(products, start=1):
         pid = product.get("id") if isinstance(product, dict) else None
         if not isinstance(pid, str) or not pid:
-            raise CatalogError(f"GET /products item #{n}: no product id")
+            raise CatalogError(f"{where} item #{n}: no product id")
         inventory = product.get("inventory") or {}
         if not isinstance(inventory, dict):
             raise CatalogError(f"product {pid}: 'inventory' is not an object")
@@ -64,7 +74,7 @@ def catalog_from_products(products: list[dict[str, Any]]) -> pl.DataFrame:
         },
         schema=CATALOG_SCHEMA,
     )
-    return _unique_ids(frame, "GET /products")
+    return _unique_ids(frame, where)
 
 
 def catalog_from_csv(path: str) -> pl.DataFrame:
@@ -141,23 +151,175 @@ def _unique_ids(frame: pl.DataFrame, where: str) -> pl.DataFrame:
     return frame
 
 
+@dataclass(frozen=True)
+class CatalogRead:
+    """The catalog a run uses, and how it came by it (kept, refreshed, or a fallback)."""
+
+    frame: pl.DataFrame  # CATALOG_SCHEMA
+    origin: str  # one line for the summary: where from, how old, at what cost
+    refreshed_at: datetime | None = None  # None: read from a file this run
+    pages: int = 0  # GET /products pages read this run
+    retries: int = 0  # of those GETs
+    waited_seconds: float = 0.0  # for room in the platform's rate-limit bucket
+    notes: tuple[str, ...] = ()
+
+
+def refresh_reason(
+    kept: KeptCatalog | None,
+    unfinished: RefreshProgress | None,
+    settings: CatalogSettings,
+    per_page: int,
+    asked: bool,
+    now: datetime,
+) -> str:
+    """Why this run must read the catalog from the API, or "" if the kept one will do."""
+    if asked:
+        return "refresh asked for (a full run, or refresh_catalog)"
+    if unfinished is not None and now - unfinished.started_at <= settings.max_age:
+        return f"finishing the refresh an earlier run left after page {unfinished.pages}"
+    if kept is None:
+        return "no catalog kept yet"
+    if kept.per_page != per_page:
+        return f"per_page changed ({kept.per_page} → {per_page})"
+    age = now - kept.refreshed_at
+    if age > settings.max_age:
+        return f"the kept catalog is {human_age(age)} old, over catalog.max_age"
+    return ""
+
+
+def refresh_catalog(
+    client: LightspeedClient, store: StateStore, max_age: timedelta, now: datetime
+) -> tuple[pl.DataFrame, int]:
+    """Read GET /products page by page into the state store, resuming a refresh a run left unfinished.
+
+    Each page is kept as soon as it is read, with the next page's URL, so a retry (or the next
+    run) goes on from there and no page is read twice. Only a complete pass replaces the kept
+    catalog: a half-read catalog is never used as if it were whole. A refresh left older than
+    `max_age` starts again, since the platform's pages have moved on since.
+    Returns the catalog and the pages read this call.
+    """
+    progress = store.refresh_progress()
+    if (
+        progress is None
+        or progress.per_page != client.per_page
+        or now - progress.started_at > max_age
+    ):
+        progress = store.start_refresh(client.page_url(1), client.per_page, now)
+    elif progress.pages:
+        run_warning(f"catalog refresh: resuming after page {progress.pages}")
+    number, read = progress.pages, 0
+    if progress.next_url:
+        for page in client.iter_pages(progress.next_url):
+            number += 1
+            frame = catalog_from_products(page.products, where=f"GET /products page {number}")
+            store.save_refresh_page(number, frame, page.next_url)
+            read += 1
+    pages = store.refresh_pages()
+    catalog = _unique_ids(
+        pl.concat(pages) if pages else pl.DataFrame(schema=CATALOG_SCHEMA), "GET /products"
+    )
+    store.finish_refresh(catalog, number, client.per_page, now)
+    return catalog, read
+
+
 def read_catalog(
-    catalog: CatalogSettings, lightspeed: LightspeedSettings, token: SecretStr
-) -> pl.DataFrame:
-    """The catalog from the configured source."""
+    catalog: CatalogSettings,
+    lightspeed: LightspeedSettings,
+    token: SecretStr,
+    state_dir: str,
+    refresh: bool = False,
+    now: datetime | None = None,
+) -> CatalogRead:
+    """The catalog from the configured source: the kept API catalog, a refresh of it, or a file."""
+    now = now or datetime.now(UTC)
     if catalog.source == "file":
         assert catalog.path is not None  # enforced by the settings
-        return catalog_from_csv(catalog.path)
+        return CatalogRead(catalog_from_csv(catalog.path), f"file {catalog.path}")
+    store = StateStore(state_dir)
+    kept = store.kept_catalog()
+    unfinished = store.refresh_progress()
+    reason = refresh_reason(kept, unfinished, catalog, lightspeed.per_page, refresh, now)
+    if not reason:
+        assert kept is not None
+        return CatalogRead(
+            kept.frame,
+            f"kept from the API, refreshed {human_age(now - kept.refreshed_at)} ago "
+            f"({kept.pages} page(s))",
+            kept.refreshed_at,
+        )
     client = LightspeedClient(lightspeed, token)
     try:
-        return catalog_from_products(list(client.iter_products()))
+        frame, pages = refresh_catalog(client, store, catalog.max_age, now)
     finally:
         client.close()
+    return CatalogRead(
+        frame,
+        f"refreshed from the API now ({reason}): {pages} page(s) read, "
+        f"{client.reads.retries} retried",
+        now,
+        pages,
+        client.reads.retries,
+        client.waited_seconds,
+    )
 
 
 @task(name="read-catalog", cache_policy=NO_CACHE)
 def read_catalog_task(
-    catalog: CatalogSettings, lightspeed: LightspeedSettings, token: SecretStr
-) -> pl.DataFrame:
-    """Read the catalog; the flow gives it the API retry policy, so a transient error re-reads."""
-    return read_catalog(catalog, lightspeed, token)
+    catalog: CatalogSettings,
+    lightspeed: LightspeedSettings,
+    token: SecretStr,
+    state_dir: str,
+    refresh: bool = False,
+) -> CatalogRead:
+    """Read the catalog; a retry of this task resumes a refresh from the last page it kept."""
+    result = read_catalog(catalog, lightspeed, token, state_dir, refresh)
+    get_run_logger().info("catalog: %d product(s), %s", result.frame.height, result.origin)
+    return result
+
+
+def settle_catalog(
+    outcome: CatalogRead | BaseException,
+    settings: CatalogSettings,
+    state_dir: str,
+    now: datetime | None = None,
+) -> CatalogRead:
+    """The catalog to use when the read failed: the kept one, if younger than max_stale_age.
+
+    A wrong token is not a reason to go on: the load would fail the same way.
+    """
+    if isinstance(outcome, CatalogRead):
+        return outcome
+    if isinstance(outcome, Unauthorized) or not isinstance(outcome, LightspeedError | CatalogError):
+        raise outcome
+    now = now or datetime.now(UTC)
+    kept = StateStore(state_dir).kept_catalog()
+    if kept is None:
+        raise CatalogError(
+            f"the catalog could not be read and none is kept from an earlier run: {outcome}"
+        ) from None
+    age = now - kept.refreshed_at
+    if age > settings.max_stale_age:
+        raise CatalogError(
+            f"the catalog refresh failed ({outcome}), and the kept catalog is {human_age(age)} "
+            f"old, over catalog.max_stale_age {human_age(settings.max_stale_age)}; nothing was sent"
+        ) from None
+    note = (
+        f"catalog refresh failed ({outcome}); used the kept catalog from "
+        f"{human_age(age)} ago instead (the next run tries again, from the page it reached)"
+    )
+    run_warning(note)
+    return CatalogRead(
+        kept.frame,
+        f"kept from the API, refreshed {human_age(age)} ago (the refresh failed)",
+        kept.refreshed_at,
+        notes=(note,),
+    )
+
+
+def human_age(age: timedelta) -> str:
+    """1.5h, 3.0d, 12m, 40s: an age at a glance."""
+    seconds = age.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"

@@ -9,6 +9,7 @@ belong to the Prefect task that called it, so the UI shows each attempt.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from tasks.http_verdicts import (
     send,
     server_message,
 )
+from tasks.lightspeed.pacing import account_pacer
+from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 from tasks.retries import retry_options
 
 
@@ -76,12 +79,39 @@ class Accepted:
     body: Any
 
 
-class LightspeedClient:
-    """Owns base URL, auth, timeouts and the verdict on each response."""
+@dataclass(frozen=True)
+class ProductsPage:
+    """One page of GET /products: its products as sent, and the URL of the next page (or None)."""
 
-    def __init__(self, settings: LightspeedSettings, token: SecretStr) -> None:
+    url: str
+    products: list[Any]
+    next_url: str | None
+
+
+class LightspeedClient:
+    """Owns base URL, auth, timeouts, paging, pacing and the verdict on each response.
+
+    Reads (GET) are retried per request (tasks/read_retries.py); a PUT is never retried here:
+    its chunk's Prefect task retries it, so the UI shows each attempt.
+    """
+
+    def __init__(
+        self,
+        settings: LightspeedSettings,
+        token: SecretStr,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = settings.base_url + "/"
         self.per_page = settings.per_page
+        self.costs = {"GET": settings.get_cost, "PUT": settings.put_cost}
+        self.pacer = account_pacer(self.base_url, token.get_secret_value())
+        self.read_policy = ReadPolicy(
+            attempts=settings.read_retries + 1,
+            backoff_seconds=settings.read_backoff_seconds,
+            max_wait_seconds=settings.max_retry_after_seconds,
+        )
+        self.reads = ReadCounts()
+        self.waited_seconds = 0.0  # for room in the platform's rate-limit bucket
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={
@@ -95,42 +125,73 @@ class LightspeedClient:
                 max_connections=settings.max_concurrency + 2,
                 max_keepalive_connections=settings.max_concurrency + 2,
             ),
+            transport=transport,
         )
 
     def close(self) -> None:
         self._http.close()
 
-    def iter_products(self) -> Iterator[dict[str, Any]]:
-        """Every product of the supplier, following `next` until it is null."""
-        url: str | None = f"products?page=1&per_page={self.per_page}"
+    def page_url(self, number: int) -> str:
+        """The URL of catalog page `number` (from 1), as the working contract pages it."""
+        return urljoin(self.base_url, f"products?page={number}&per_page={self.per_page}")
+
+    def get_page(self, url: str) -> ProductsPage:
+        """GET one catalog page, retried per request on a transient failure."""
+        return read_with_retries(
+            lambda: self._read_page(url),
+            self.read_policy,
+            RetryableError,
+            lambda exc: getattr(exc, "retry_after", None),
+            self.reads,
+        )
+
+    def iter_pages(self, url: str) -> Iterator[ProductsPage]:
+        """Pages from `url` on, following `next` until it is null."""
         seen: set[str] = set()
-        while url:
-            if url in seen:
-                raise FatalError(f"GET /products: the API sent the same page twice ({url})")
-            seen.add(url)
-            body = self._send("GET", url).body
-            products = body.get("products") if isinstance(body, dict) else None
-            if not isinstance(products, list):
-                raise FatalError("GET /products: response has no 'products' list")
-            yield from products
-            next_url = body.get("next")
-            url = urljoin(self.base_url, next_url) if next_url else None
-            if url and not url.startswith(self.base_url):
-                raise FatalError(
-                    f"GET /products: the next page {url!r} is not under {self.base_url}; "
-                    "refusing to send the token elsewhere"
-                )
+        next_url: str | None = url
+        while next_url:
+            if next_url in seen:
+                raise FatalError(f"GET /products: the API sent the same page twice ({next_url})")
+            seen.add(next_url)
+            page = self.get_page(next_url)
+            yield page
+            next_url = page.next_url
+
+    def iter_products(self) -> Iterator[dict[str, Any]]:
+        """Every product of the supplier, page by page from the first."""
+        for page in self.iter_pages(self.page_url(1)):
+            yield from page.products
 
     def put_inventory(self, payload: bytes) -> Accepted:
         """PUT one chunk, already serialised as `{"products": [{"id", "quantity"}, ...]}`."""
         return self._send("PUT", "inventory", content=payload)
 
+    def _read_page(self, url: str) -> ProductsPage:
+        body = self._send("GET", url).body
+        products = body.get("products") if isinstance(body, dict) else None
+        if not isinstance(products, list):
+            raise FatalError("GET /products: response has no 'products' list")
+        following = body.get("next")
+        next_url = urljoin(self.base_url, following) if following else None
+        if next_url and not next_url.startswith(self.base_url):
+            raise FatalError(
+                f"GET /products: the next page {next_url!r} is not under {self.base_url}; "
+                "refusing to send the token elsewhere"
+            )
+        return ProductsPage(url, products, next_url)
+
     def _send(self, method: str, url: str, content: bytes | None = None) -> Accepted:
         what = f"{method} /{url.removeprefix(self.base_url).split('?')[0]}"
+        cost = self.costs.get(method, self.costs["PUT"])
+        started = time.monotonic()
+        self.pacer.before(cost)
+        self.waited_seconds += time.monotonic() - started
         try:
             response = send(self._http, method, url, what, content=content)
         except Unreachable as exc:
+            self.pacer.after(cost, None)
             raise RetryableError(str(exc)) from None
+        self.pacer.after(cost, response.headers)
         return judge(what, response)
 
 
@@ -177,9 +238,10 @@ def _rejected_items(body: Any) -> dict[str, str]:
     }
 
 
-def retry_policy(settings: LightspeedSettings) -> dict[str, Any]:
+def retry_policy(settings: LightspeedSettings, retries: int | None = None) -> dict[str, Any]:
     """Prefect task options for an API call: retry a RetryableError, never a FatalError or a bug."""
-    return retry_options(settings.retries, settings.retry_backoff_seconds, RetryableError)
+    count = settings.retries if retries is None else retries
+    return retry_options(count, settings.retry_backoff_seconds, RetryableError)
 
 
 _clients: dict[tuple[str, LightspeedSettings, str], LightspeedClient] = {}

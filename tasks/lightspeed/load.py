@@ -74,6 +74,7 @@ class LoadOutcome:
     chunks: int = 0
     accepted: list[ChunkResult] = field(default_factory=list)
     failed: list[ChunkFailure] = field(default_factory=list)
+    waited_seconds: float = 0.0  # for room in the platform's rate-limit bucket
 
     @property
     def products_sent(self) -> int:
@@ -218,6 +219,7 @@ def load(
     """
     try:
         outcome = _load(payload, settings, token, state_dir, run)
+        outcome.waited_seconds = shared_client(settings, token, run).waited_seconds
     finally:
         close_shared_clients(run)
     landed = StateStore(state_dir).landed_in_run(

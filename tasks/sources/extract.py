@@ -66,8 +66,12 @@ def extract_warehouse(warehouse: WarehouseBase, secrets: Secrets) -> Feed:
 
 
 def extract_options(warehouse: WarehouseBase) -> dict[str, Any]:
-    """Task options per warehouse: files are read once; remote kinds retry what may pass."""
-    if not isinstance(warehouse, RemoteWarehouse) or warehouse.retries == 0:
+    """Task options per warehouse: files are read once; remote kinds retry what may pass, once."""
+    if (
+        not isinstance(warehouse, RemoteWarehouse)
+        or warehouse.retries == 0
+        or registry.kind_of(warehouse).retries_each_request
+    ):
         return {"retries": 0}
     return retry_options(warehouse.retries, warehouse.retry_backoff_seconds, WarehouseUnavailable)
 

@@ -31,7 +31,11 @@ class WarehouseUnreadable(Exception):
 
 
 class WarehouseUnavailable(WarehouseUnreadable):
-    """A failure that may pass (connection, timeout, HTTP 429/5xx): the extract task retries it."""
+    """A failure that may pass (connection, timeout, HTTP 429/5xx): worth another attempt."""
+
+    def __init__(self, warehouse: str, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(warehouse, cause)
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
 
 
 @dataclass(frozen=True)
@@ -152,9 +156,12 @@ class SourceKind:
 
     `after_success` runs once every valid update of a run has landed (the SFTP drop moves the
     file it read into its archive); it returns where the feed went, or None if it did nothing.
+    `retries_each_request`: the reader retries each request itself (a paged API), so the
+    extract task must not retry the whole read on top of it.
     """
 
     name: str  # the `kind` written in the configuration
     settings: type[WarehouseBase]
     read: Callable[[Any, Secrets], Feed]
     after_success: Callable[[Any, Secrets, Feed], str | None] | None = None
+    retries_each_request: bool = False

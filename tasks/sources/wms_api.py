@@ -1,14 +1,13 @@
 """WMS HTTP APIs: paged JSON stock records, mapped to SKU and quantity by dotted paths.
 
-The client never retries: a transient failure (429, 5xx, timeout, dropped connection) raises
-WarehouseUnavailable and the extract task retries the whole read, so the UI shows each attempt
-and the records always come from one consistent pass.
+Each page is retried on its own when the failure may pass (429, 5xx, a timeout, a dropped
+connection), Retry-After honoured, so one bad page out of many costs one request; the extract
+task does not retry the whole read on top of that.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from tasks.http_verdicts import (
     send,
     server_message,
 )
+from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 from tasks.sources.feed import (
     RECORDS_WORDING,
     Feed,
@@ -102,6 +102,12 @@ class WmsClient:
         if auth is not None:
             headers[warehouse.auth_header] = auth.get_secret_value()
         self._http = httpx.Client(headers=headers, timeout=warehouse.timeout_seconds)
+        self.policy = ReadPolicy(
+            attempts=warehouse.retries + 1,
+            backoff_seconds=warehouse.retry_backoff_seconds,
+            max_wait_seconds=MAX_RETRY_AFTER_SECONDS,
+        )
+        self.reads = ReadCounts()
 
     def __enter__(self) -> WmsClient:
         return self
@@ -110,6 +116,16 @@ class WmsClient:
         self._http.close()
 
     def get(self, url: str, params: Mapping[str, str | int]) -> Any:
+        """GET one page, retried on its own when the failure may pass (warehouse.retries times)."""
+        return read_with_retries(
+            lambda: self._get_once(url, params),
+            self.policy,
+            WarehouseUnavailable,
+            lambda exc: getattr(exc, "retry_after", None),
+            self.reads,
+        )
+
+    def _get_once(self, url: str, params: Mapping[str, str | int]) -> Any:
         """GET one page and return its JSON, numbers kept as the text the server wrote."""
         what = f"GET {url}"
         try:
@@ -119,9 +135,10 @@ class WmsClient:
         self.bytes_read += len(response.content)
         status = response.status_code
         if is_transient(status):
-            _wait_out_retry_after(response)
             raise WarehouseUnavailable(
-                self.warehouse, f"{what}: HTTP {status} {server_message(response)}"
+                self.warehouse,
+                f"{what}: HTTP {status} {server_message(response)}",
+                retry_after_seconds(response),
             )
         if not 200 <= status < 300:
             hint = " (check auth_value)" if status in (401, 403) else ""
@@ -225,11 +242,4 @@ def _as_text(value: Any) -> str | None:
     return json.dumps(value)
 
 
-def _wait_out_retry_after(response: httpx.Response) -> None:
-    """Honour a short Retry-After inside the attempt; the task's backoff then adds its delay."""
-    seconds = retry_after_seconds(response)
-    if seconds is not None:
-        time.sleep(min(seconds, MAX_RETRY_AFTER_SECONDS))
-
-
-KIND = SourceKind("http", HttpWarehouse, read_http_feed)
+KIND = SourceKind("http", HttpWarehouse, read_http_feed, retries_each_request=True)
