@@ -175,7 +175,11 @@ class Sandbox:
         return rows
 
     def reset_log(self) -> None:
+        """Clear the request log and any faults (the catalog and its quantities stay)."""
         httpx.post(f"{self.url}/_sandbox/reset", timeout=60).raise_for_status()
+
+    def add_faults(self, faults: list[dict[str, Any]]) -> None:
+        httpx.post(f"{self.url}/_sandbox/faults", json=faults, timeout=60).raise_for_status()
 
 
 @contextmanager
