@@ -22,7 +22,7 @@ from sandbox.server import Bucket, Fault
 from tasks.lightspeed.catalog import CatalogError
 from tasks.state import StateStore
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "token_env")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "token_env")]
 
 N = 20_000
 
