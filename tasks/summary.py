@@ -202,12 +202,26 @@ def summarize(
             f"{changes.to_send.height} product(s) change; their units go from {before} to "
             f"{changes.to_send['quantity'].sum()}"
         )
+    if outcome is not None:
+        summary.chunks_accepted = len(outcome.accepted)
+        summary.chunks_failed = len(outcome.failed)
+        summary.attempts = outcome.attempts
+        summary.products_sent = outcome.products_sent
+        summary.products_not_landed = outcome.products_failed
+        summary.requests = outcome.requests
+        summary.waited_seconds += outcome.waited_seconds
+        summary.rejected = outcome.rejected
+        summary.failures = [
+            f"chunk {f.label} after {f.attempts} attempt(s): {f.error}; did not land: "
+            + _some_skus(f.products["vendorSku"])
+            for f in outcome.failed
+        ]
     if catalog is not None:
         summary.catalog = f"{catalog.frame.height} product(s), {catalog.origin}"
         summary.notes += catalog.notes
         summary.waited_seconds += catalog.waited_seconds
         unknown = summary.rows_flagged.get(UNKNOWN_SKU, 0)
-        if unknown and catalog.refreshed_at is not None:
+        if unknown and catalog.refreshed_at is not None and catalog.pages == 0:
             summary.notes.append(
                 f"{unknown} row(s) name a SKU the catalog does not know; it was refreshed "
                 f"{human_age(datetime.now(UTC) - catalog.refreshed_at)} ago, so a product "
@@ -230,20 +244,6 @@ def summarize(
         )
         if audited is not None:
             summary.read_back += f"; {audited:.0%} of the catalog audited in the last 24 h"
-    if outcome is not None:
-        summary.chunks_accepted = len(outcome.accepted)
-        summary.chunks_failed = len(outcome.failed)
-        summary.attempts = outcome.attempts
-        summary.products_sent = outcome.products_sent
-        summary.products_not_landed = outcome.products_failed
-        summary.requests = outcome.requests
-        summary.waited_seconds += outcome.waited_seconds
-        summary.rejected = outcome.rejected
-        summary.failures = [
-            f"chunk {f.label} after {f.attempts} attempt(s): {f.error}; did not land: "
-            + _some_skus(f.products["vendorSku"])
-            for f in outcome.failed
-        ]
     return summary
 
 
