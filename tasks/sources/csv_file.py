@@ -7,12 +7,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 import polars as pl
-from pydantic import Field, field_validator
 
-from tasks.config.fields import relative_to_config
 from tasks.sources.feed import Feed, Secrets, SourceKind, WarehouseUnreadable, feed_frame
-from tasks.sources.local_files import newest_file, read_bytes
-from tasks.sources.warehouse import CsvOptions, WarehouseBase
+from tasks.sources.local_files import FileWarehouse, newest_file, read_bytes
+from tasks.sources.warehouse import CsvOptions
 
 if TYPE_CHECKING:
     from tasks.sources.sftp_drop import SftpWarehouse
@@ -20,11 +18,8 @@ if TYPE_CHECKING:
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class CsvWarehouse(WarehouseBase, CsvOptions):
+class CsvWarehouse(FileWarehouse, CsvOptions):
     kind: Literal["csv"]
-    path: str = Field(description="file or glob; a glob picks the newest matching file")
-
-    _resolve = field_validator("path")(relative_to_config)
 
 
 def read_csv_feed(warehouse: CsvWarehouse, secrets: Secrets | None = None) -> Feed:

@@ -6,7 +6,19 @@ import glob
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import Field, field_validator
+
+from tasks.config.fields import relative_to_config
 from tasks.sources.feed import WarehouseUnreadable
+from tasks.sources.warehouse import WarehouseBase
+
+
+class FileWarehouse(WarehouseBase):
+    """A warehouse whose feed is a file on local disk: one path, or a glob of them."""
+
+    path: str = Field(description="file or glob; a glob picks the newest matching file")
+
+    _resolve = field_validator("path")(relative_to_config)
 
 
 def newest_file(warehouse: str, pattern: str) -> Path:

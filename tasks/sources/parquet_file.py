@@ -6,19 +6,13 @@ import io
 from typing import Literal
 
 import polars as pl
-from pydantic import Field, field_validator
 
-from tasks.config.fields import relative_to_config
 from tasks.sources.feed import Feed, Secrets, SourceKind, WarehouseUnreadable, feed_frame
-from tasks.sources.local_files import newest_file, read_bytes
-from tasks.sources.warehouse import WarehouseBase
+from tasks.sources.local_files import FileWarehouse, newest_file, read_bytes
 
 
-class ParquetWarehouse(WarehouseBase):
+class ParquetWarehouse(FileWarehouse):
     kind: Literal["parquet"]
-    path: str = Field(description="file or glob; a glob picks the newest matching file")
-
-    _resolve = field_validator("path")(relative_to_config)
 
 
 def read_parquet_feed(warehouse: ParquetWarehouse, secrets: Secrets | None = None) -> Feed:
