@@ -301,7 +301,7 @@ def test_a_failed_read_back_is_a_note_not_a_failed_run(tmp_path, sandbox, write_
     write_feed(tmp_path / "east.csv", {f"S{i}": i + 1 for i in range(3)})
     config = write_config(
         csv_warehouse("east", "east.csv"),
-        lightspeed="retries = 1\nread_retries = 1\nread_backoff_seconds = 0",
+        lightspeed="retries = 1\nread_retries = 1",  # conftest sets read_backoff_seconds
         catalog=f'source = "file"\npath = "{catalog.name}"',
     )
     sandbox.add_fault(Fault(method="GET", path="/products", status=503, times=100))
