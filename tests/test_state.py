@@ -1,0 +1,166 @@
+"""The state store on literal data in a temporary folder: what landed, feed marks, snapshots, the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks.sources.feed import FEED_SCHEMA, Feed
+from tasks.state import FeedMark, StateBusy, StateStore
+
+pytestmark = pytest.mark.fast
+
+MONDAY = datetime(2026, 11, 23, 6, 30, tzinfo=UTC)
+TUESDAY = datetime(2026, 11, 24, 6, 30, tzinfo=UTC)
+
+
+def landed(**quantities: int) -> pl.DataFrame:
+    return pl.DataFrame({"id": list(quantities), "quantity": list(quantities.values())})
+
+
+def pushed(store: StateStore) -> dict[str, int]:
+    return dict(store.last_pushed().iter_rows())
+
+
+def feed_rows(warehouse: str, *skus: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "warehouse": [warehouse] * len(skus),
+            "source": ["east.csv"] * len(skus),
+            "line": list(range(2, 2 + len(skus))),
+            "sku_text": list(skus),
+            "quantity_text": ["1"] * len(skus),
+        },
+        schema=FEED_SCHEMA,
+    )
+
+
+def test_a_new_store_remembers_nothing(tmp_path):
+    store = StateStore(tmp_path / "state")
+    assert store.last_pushed().schema == pl.Schema({"id": pl.String, "last_quantity": pl.Int64})
+    assert store.last_pushed().height == 0
+    assert store.feed_marks() == {}
+    assert store.last_good_rows("east") is None
+    assert (tmp_path / "state" / "state.sqlite3").exists()
+
+
+def test_commit_records_what_landed_and_a_later_commit_overwrites_it(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(landed(a=1, b=2), run="run-1")
+    store.commit(landed(b=5, c=0), run="run-2")
+    assert pushed(store) == {"a": 1, "b": 5, "c": 0}
+    assert pushed(StateStore(tmp_path)) == {"a": 1, "b": 5, "c": 0}, "kept on disk"
+
+
+def test_landed_in_run_names_only_that_runs_products(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(landed(a=1, b=2), run="run-1")
+    store.commit(landed(c=3), run="run-2")
+    assert store.landed_in_run(["a", "b", "c", "zz"], "run-1") == {"a", "b"}
+    assert store.landed_in_run(pl.Series(["a", "c"]), "run-2") == {"c"}
+    assert store.landed_in_run([], "run-1") == set()
+    store.commit(landed(a=9), run="run-2")  # a retry in run-2 landed a again
+    assert store.landed_in_run(["a", "b"], "run-1") == {"b"}
+
+
+def test_forget_drops_only_the_named_products(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(landed(a=1, b=2, c=3), run="run-1")
+    store.forget(["b", "not-there"])
+    assert pushed(store) == {"a": 1, "c": 3}
+    store.forget([])
+    assert pushed(store) == {"a": 1, "c": 3}
+
+
+def test_a_good_feed_leaves_its_mark_and_its_rows(tmp_path):
+    store = StateStore(tmp_path)
+    rows = feed_rows("east", "A", "B")
+    store.record_good_feed("east", MONDAY, "east.csv", rows, run="run-1")
+    assert store.feed_marks() == {"east": FeedMark("east", MONDAY, "east.csv", "run-1")}
+    assert store.last_good_rows("east").equals(rows)
+    later = feed_rows("east", "C")
+    store.record_good_feed("east", TUESDAY, "east-2.csv", later, run="run-2")
+    assert store.feed_marks() == {"east": FeedMark("east", TUESDAY, "east-2.csv", "run-2")}
+    assert store.last_good_rows("east").equals(later)
+    (snapshot,) = (tmp_path / "snapshots").iterdir()  # replaced in place, no temporary left
+    assert snapshot.name.startswith("east-") and snapshot.suffix == ".parquet"
+
+
+def test_every_feed_of_a_run_is_recorded(tmp_path):
+    store = StateStore(tmp_path)
+    feeds = [
+        Feed("east", "east.csv", feed_rows("east", "A"), 10, MONDAY),
+        Feed("west", "west.parquet", feed_rows("west", "B", "C"), 20, TUESDAY),
+    ]
+    store.record_good_feeds(feeds, run="run-1")
+    assert {name: mark.modified_at for name, mark in store.feed_marks().items()} == {
+        "east": MONDAY,
+        "west": TUESDAY,
+    }
+    assert store.last_good_rows("west")["sku_text"].to_list() == ["B", "C"]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("east/1", "east_1"), ("east 1", "east_1"), ("..", "__"), ("Ost-Lager", "ost-lager")],
+)
+def test_warehouse_names_that_look_alike_keep_separate_snapshots(tmp_path, names):
+    store = StateStore(tmp_path)
+    for name in names:
+        store.record_good_feed(name, MONDAY, f"{name}.csv", feed_rows(name, name), run="r")
+    for name in names:
+        assert store.last_good_rows(name)["sku_text"].to_list() == [name]
+    assert len(list((tmp_path / "snapshots").glob("*.parquet"))) == 2
+
+
+def test_a_second_handle_on_the_same_store_is_refused_while_a_run_holds_it(tmp_path):
+    store = StateStore(tmp_path)
+    with store.exclusive("run-1") as held:
+        assert held is store
+        with pytest.raises(StateBusy) as busy, StateStore(tmp_path).exclusive("run-2"):
+            pytest.fail("a second run got the lock")
+        assert str(busy.value).startswith(f"state {tmp_path} is in use by run run-1 (pid ")
+        assert str(busy.value).endswith(
+            "two syncs of the same state must not overlap (this run sent nothing)"
+        )
+        held.commit(landed(a=1), run="run-1")  # the holder keeps working
+    with StateStore(tmp_path).exclusive("run-2"):  # released on exit
+        assert pushed(store) == {"a": 1}
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys
+    from tasks.state import StateStore
+    with StateStore(sys.argv[1]).exclusive("other-run"):
+        print("locked", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+def test_another_process_holding_the_lock_is_named_and_its_death_releases_it(tmp_path: Path):
+    root = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        busy = rf"in use by run other-run \(pid {holder.pid}, since "
+        with pytest.raises(StateBusy, match=busy), StateStore(tmp_path).exclusive("mine"):
+            pytest.fail("got the lock another process holds")
+    finally:
+        holder.kill()  # no clean exit: the kernel drops the lock with the process
+        holder.wait(30)
+    with StateStore(tmp_path).exclusive("mine"):
+        assert "run mine (pid" in (tmp_path / "run.lock").read_text()
