@@ -36,8 +36,9 @@ def plan_changes(
     """
     platform = catalog.select("id", pl.col("platform_quantity"))
     frame = (
-        payload.join(last_pushed, on="id", how="left")
-        .join(platform, on="id", how="left")
+        # the payload's order (by SKU) makes the chunks' SKU ranges; polars keeps no order unasked
+        payload.join(last_pushed, on="id", how="left", maintain_order="left")
+        .join(platform, on="id", how="left", maintain_order="left")
         .with_columns(
             pl.coalesce("last_quantity", "platform_quantity").cast(pl.Int64).alias("previous")
         )
