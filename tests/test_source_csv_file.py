@@ -1,4 +1,4 @@
-"""Reading real warehouse files: encodings, line endings, globs, and errors that name the cause."""
+"""CSV exports on disk: encodings, line endings, globs, and errors that name the cause."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from tasks.sources.csv_file import CsvWarehouse
 from tasks.sources.extract import read_feed
 from tasks.sources.feed import WarehouseUnreadable
-from tasks.sources.parquet_file import ParquetWarehouse
 
 
 def csv_wh(path: Path | str, **extra) -> CsvWarehouse:
@@ -100,28 +99,3 @@ def test_glob_picks_the_newest_file(tmp_path):
     feed = read_feed(csv_wh(tmp_path / "east-*.csv"))
     assert feed.rows["sku_text"].to_list() == ["NEW"]
     assert feed.source == str(new)
-
-
-def test_parquet_numbers_become_text_for_the_checks(tmp_path):
-    path = tmp_path / "n.parquet"
-    pl.DataFrame({"code": ["A", "B"], "on_hand": [3, -1]}).write_parquet(path)
-    wh = ParquetWarehouse(
-        name="north", kind="parquet", path=str(path), sku_column="code", quantity_column="on_hand"
-    )
-    rows = read_feed(wh).rows
-    assert rows.select("sku_text", "quantity_text", "line").rows() == [
-        ("A", "3", 1),
-        ("B", "-1", 2),
-    ]
-
-
-def test_corrupt_parquet(tmp_path):
-    path = tmp_path / "n.parquet"
-    path.write_bytes(b"PAR1 this is not parquet")
-    wh = ParquetWarehouse(
-        name="north", kind="parquet", path=str(path), sku_column="c", quantity_column="q"
-    )
-    with pytest.raises(
-        WarehouseUnreadable, match="warehouse 'north': .*not a readable Parquet file"
-    ):
-        read_feed(wh)
