@@ -29,9 +29,10 @@ TOKEN = "unit-token"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def client(handler: Handler, per_page: int = 2) -> LightspeedClient:
-    """A real client whose requests go to `handler` instead of the network."""
-    settings = LightspeedSettings(base_url=BASE, per_page=per_page)
+def client(handler: Handler, **settings_: Any) -> LightspeedClient:
+    """A real client whose requests go to `handler` instead of the network; reads retry at once."""
+    fields = {"base_url": BASE, "per_page": 2, "read_backoff_seconds": 0} | settings_
+    settings = LightspeedSettings(**fields)
     return LightspeedClient(settings, SecretStr(TOKEN), transport=httpx.MockTransport(handler))
 
 
@@ -191,6 +192,29 @@ def test_a_catalog_that_misbehaves_stops_the_read(bodies, message):
     assert len(asked) == len(bodies), "no page is asked for after the problem is seen"
 
 
-def test_a_failed_page_says_which_call_failed():
+def test_a_page_that_keeps_failing_says_which_call_failed_after_its_retries():
+    asked: list[httpx.Request] = []
+    failing = client(
+        lambda r: asked.append(r) or httpx.Response(503, json={"error": "busy"}), read_retries=2
+    )
     with pytest.raises(RetryableError, match=r"^GET /products: HTTP 503 busy$"):
-        list(client(answer(503, {"error": "busy"})).iter_products())
+        list(failing.iter_products())
+    assert len(asked) == 3 and failing.reads.retries == 2
+
+
+def test_a_page_that_fails_once_costs_one_more_request_not_a_new_read():
+    answers = iter([503, 200, 503, 200])
+    bodies = iter(
+        [{"products": [{"id": "a"}], "next": "products?page=2"}, {"products": [{"id": "b"}]}]
+    )
+    asked: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params["page"])
+        status = next(answers)
+        return httpx.Response(status, json=next(bodies) if status == 200 else {"error": "blip"})
+
+    flaky = client(handle)
+    assert [p["id"] for p in flaky.iter_products()] == ["a", "b"]
+    assert asked == ["1", "1", "2", "2"]
+    assert (flaky.reads.reads, flaky.reads.retries) == (2, 2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -11,7 +11,9 @@ import pytest
 from tasks.checks.rows import CheckedRows
 from tasks.delta import CHANGE_SCHEMA, Changes
 from tasks.guards import ChangeGuard
+from tasks.lightspeed.catalog import CatalogRead
 from tasks.lightspeed.load import ChunkFailure, ChunkResult, LoadOutcome
+from tasks.lightspeed.read_back import ReadBack
 from tasks.reconcile import HELD_BAD_ROWS, NOT_TRACKED, PUSHED, STATUSES, ZEROED_ABSENT, Plan
 from tasks.sources.extract import Extracted
 from tasks.sources.feed import FEED_SCHEMA, Feed
@@ -110,13 +112,37 @@ DRIFT = pl.DataFrame(
 )
 
 
+READ_BACK = ReadBack(
+    DRIFT,
+    pages=2,
+    products_read=40,
+    sent_checked=1,
+    whole_catalog=False,
+    retries=1,
+    waited_seconds=0.5,
+)
+
+
+def kept_catalog() -> CatalogRead:
+    """The six products of PLAN, kept from a refresh two hours ago."""
+    return CatalogRead(
+        frame=PLAN.products.select("id", "vendorSku"),
+        origin="kept from the refresh 2.0h ago (0 GET)",
+        refreshed_at=datetime.now(UTC) - timedelta(hours=2),
+        waited_seconds=0.25,
+        notes=("catalog: 1 product no longer listed",),
+    )
+
+
 def real_run(**overrides) -> RunSummary:
     arguments = {
         "outcome": outcome(),
         "chunk_size": 2,
-        "drift": DRIFT,
+        "read_back": READ_BACK,
         "notes": ["west: not read in this run; used its last good feed instead"],
         "guard": QUIET_GUARD,
+        "catalog": kept_catalog(),
+        "audited": 0.25,
     } | overrides
     return summarize("brave-otter", False, EXTRACTED, CHECKED, PLAN, CHANGES, **arguments)
 
@@ -154,13 +180,25 @@ def test_summarize_gathers_the_counts_of_every_stage():
         "chunk 2/2 C…D (2 products) after 6 attempt(s): PUT /inventory: HTTP 503 busy; "
         "did not land: C, D"
     ]
-    assert summary.notes == ["west: not read in this run; used its last good feed instead"]
+    assert summary.notes == [
+        "west: not read in this run; used its last good feed instead",
+        "catalog: 1 product no longer listed",
+        "1 row(s) name a SKU the catalog does not know; it was refreshed 2.0h ago, so a product "
+        "added since gets its quantity after the next refresh (--refresh-catalog refreshes now)",
+    ]
+    assert summary.catalog == "6 product(s), kept from the refresh 2.0h ago (0 GET)"
+    assert summary.read_back == (
+        "2 page(s), 40 product(s) compared (1 of the 1 sent this run), 1 GET(s) retried; "
+        "25% of the catalog audited in the last 24 h"
+    )
+    assert summary.waited_seconds == 0.75
     assert (summary.diff, summary.diff_totals) == ([], "")
     assert not summary.ok
 
 
 RENDERED = """\
 inventory-sync run brave-otter
+Catalog: 6 product(s), kept from the refresh 2.0h ago (0 GET)
 Read 5 row(s) from 2 warehouse(s):
   east                     4 rows        2 SKUs     608 B   0.30s  east.csv (modified 2026-11-23T06:30:00+00:00)
   north                    1 rows        1 SKUs    2.0 kB   0.00s  north.parquet (modified 2026-11-23T06:30:00+00:00)
@@ -176,7 +214,11 @@ Products:
   held: a warehouse row had an unusable quantity           1
 Changed since the last push: 4; unchanged (not sent): 2.
 Note: west: not read in this run; used its last good feed instead
+Note: catalog: 1 product no longer listed
+Note: 1 row(s) name a SKU the catalog does not know; it was refreshed 2.0h ago, so a product added since gets its quantity after the next refresh (--refresh-catalog refreshes now)
 Sent 1 of 4 product(s): 1 of 2 chunk(s) accepted, 8 attempt(s) (6 retried), 2 request(s).
+Waited 0.8s for room in the platform's rate limit.
+Read-back: 2 page(s), 40 product(s) compared (1 of the 1 sent this run), 1 GET(s) retried; 25% of the catalog audited in the last 24 h
 Rejected by the API and quarantined for this run: 1
   b: quantity too large
 Drift after the load (re-sent next run): 2
@@ -196,7 +238,7 @@ def test_a_failed_run_renders_on_one_screen():
 def test_a_dry_run_shows_the_biggest_changes_and_what_the_guard_would_ask():
     summary = summarize(
         "calm-heron", True, EXTRACTED, CHECKED, PLAN, CHANGES, None,
-        chunk_size=3, drift=None, notes=[], guard=TRIPPED_GUARD, diff_lines_shown=2,
+        chunk_size=3, read_back=None, notes=[], guard=TRIPPED_GUARD, diff_lines_shown=2,
     )  # fmt: skip
     assert summary.diff == ["D (d): 20 → 0", "A (a): 9 → 5"]
     assert summary.diff_totals == "4 product(s) change; their units go from 32 to 9"
@@ -222,7 +264,7 @@ def test_a_full_run_that_was_approved_and_could_not_read_back():
     full = replace(CHANGES, unchanged=0, full=True)
     summary = summarize(
         "bold-lynx", False, EXTRACTED, CHECKED, PLAN, full, LoadOutcome(chunks=1),
-        chunk_size=500, drift="read-back failed: HTTP 503", notes=[], guard=TRIPPED_GUARD,
+        chunk_size=500, read_back="read-back failed: HTTP 503", notes=[], guard=TRIPPED_GUARD,
     )  # fmt: skip
     lines = summary.render().splitlines()
     assert "Full run: all 4 product(s) to send, changed or not." in lines
