@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run demo test bench lint lock clean
+.PHONY: run demo test test-fast bench lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 11) <= v[:2] < (3, 14) else "inventory-sync needs Python 3.11, 3.12 or 3.13; found %d.%d" % v[:2])'
@@ -29,6 +29,10 @@ demo: $(STAMP)
 ## test: the whole suite (real HTTP on loopback, real Prefect, real GX)
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## test-fast: the logic tests only (no Prefect server, PostgreSQL or browser), in under 30 s
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "fast and not server" -q
 
 ## bench: the four benchmarks at full size (a 1M-product catalog; under 10 min on 2 cores), rewriting docs/benchmarks.md
 bench: $(STAMP)

@@ -18,6 +18,15 @@ from postgres import PostgresServer
 
 from sandbox.server import SandboxServer
 
+SERVER_FIXTURES = frozenset({"prefect_api", "postgres", "server_stack"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test that needs a Prefect server or PostgreSQL, so `make test-fast` skips it."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:

@@ -11,6 +11,8 @@ from tasks.checks.payload import PayloadInvalid, check_payload
 from tasks.checks.rows import check_rows
 from tasks.checks.suites import SUITES_DIR
 
+pytestmark = pytest.mark.fast
+
 CATALOG = pl.DataFrame(
     {
         "id": ["a", "b", "ü"],

@@ -11,6 +11,8 @@ from tasks.config.errors import ConfigError
 from tasks.config.secrets import resolve_token
 from tasks.config.settings import load_settings
 
+pytestmark = pytest.mark.fast
+
 GOOD = """
     [lightspeed]
     base_url = "https://api.example.test/"

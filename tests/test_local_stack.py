@@ -8,7 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from devstack.local_stack import LocalStack, ManagedProcess, descendants, is_running, port_in_use
+
+pytestmark = pytest.mark.fast
 
 
 def local_stack(*args: str, tmp_path) -> subprocess.CompletedProcess[str]:

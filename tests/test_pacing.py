@@ -6,6 +6,8 @@ import pytest
 
 from tasks.lightspeed.pacing import BucketPacer, read_bucket
 
+pytestmark = pytest.mark.fast
+
 
 class FakeClock:
     def __init__(self) -> None:

@@ -6,6 +6,8 @@ import pytest
 
 from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 
+pytestmark = pytest.mark.fast
+
 
 class Flaky(Exception):
     def __init__(self, retry_after: float | None = None) -> None:

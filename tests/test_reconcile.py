@@ -21,6 +21,8 @@ from tasks.reconcile import (
     stock_by_sku,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def rows(*triples: tuple[str, str, int]) -> pl.DataFrame:
     return pl.DataFrame(

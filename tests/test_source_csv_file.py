@@ -12,6 +12,8 @@ from tasks.sources.csv_file import CsvWarehouse
 from tasks.sources.extract import read_feed
 from tasks.sources.feed import WarehouseUnreadable
 
+pytestmark = pytest.mark.fast
+
 
 def csv_wh(path: Path | str, **extra) -> CsvWarehouse:
     fields = {

@@ -9,6 +9,8 @@ from tasks.sources.extract import read_feed
 from tasks.sources.feed import WarehouseUnreadable
 from tasks.sources.parquet_file import ParquetWarehouse
 
+pytestmark = pytest.mark.fast
+
 
 def test_parquet_numbers_become_text_for_the_checks(tmp_path):
     path = tmp_path / "n.parquet"

@@ -11,6 +11,8 @@ from tasks.config.errors import ConfigError
 from tasks.config.settings import load_settings
 from tasks.sources import registry
 
+pytestmark = pytest.mark.fast
+
 TOY_WAREHOUSE = """
 [[warehouses]]
 name = "toys"
