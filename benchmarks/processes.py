@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from devstack.processes import ManagedProcess, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -85,56 +85,16 @@ def last_json(output: str) -> dict[str, Any]:
     raise RuntimeError(f"the child printed no JSON result:\n{output[-3000:]}")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def _process(
-    argv: Sequence[str], env: Mapping[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A background process in its own group, stopped (SIGTERM, then SIGKILL) on exit."""
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            list(argv),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **QUIET_ENV, **env},
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-
-
-def _wait_until(ready: Any, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited early:\n{log.read_text()[-3000:]}")
-        if ready():
-            return
-        time.sleep(0.25)
-    raise RuntimeError(
-        f"{process.args!r} not ready after {timeout:.0f}s:\n{log.read_text()[-3000:]}"
-    )
-
-
-def _answers(url: str) -> bool:
+    name: str, argv: Sequence[str], env: Mapping[str, str], log: Path
+) -> Iterator[ManagedProcess]:
+    """A background process in its own session, stopped with all it started on exit."""
+    process = ManagedProcess(name, argv, {**os.environ, **QUIET_ENV, **env}, log, cwd=ROOT)
     try:
-        return httpx.get(url, timeout=2).status_code < 500
-    except httpx.HTTPError:
-        return False
+        yield process.start()
+    finally:
+        process.stop()
 
 
 @dataclass(frozen=True)
@@ -153,9 +113,8 @@ def prefect_server(home: Path) -> Iterator[PrefectServer]:
     api = f"http://127.0.0.1:{port}/api"
     env = {"PREFECT_HOME": str(home), "PREFECT_UI_API_URL": api, "PREFECT_API_URL": ""}
     argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    log = home / "server.log"
-    with _process(argv, env, log) as process:
-        _wait_until(lambda: _answers(f"{api}/health"), process, log, timeout=120)
+    with _process("Prefect server", argv, env, home / "server.log") as process:
+        process.wait_until_ready(lambda: http_ok(f"{api}/health"), timeout=120)
         yield PrefectServer(api, process.pid)
 
 
@@ -200,6 +159,7 @@ def sandbox_server(catalog: Path, max_products: int, folder: Path) -> Iterator[S
     ]
     url = f"http://127.0.0.1:{port}"
     log = folder / f"sandbox-{port}.log"
-    with _process(argv, {"LIGHTSPEED_TOKEN": token}, log) as process:
-        _wait_until(lambda: _answers(f"{url}/_sandbox/faults"), process, log, timeout=300)
+    with _process("sandbox API", argv, {"LIGHTSPEED_TOKEN": token}, log) as process:
+        process.wait_until_ready(lambda: http_ok(f"{url}/_sandbox/faults"), timeout=300)
+        assert process.pid is not None  # it has started
         yield Sandbox(url, token, process.pid)

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import zoneinfo
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any
+from typing import Any
 from uuid import UUID
 
-import httpx
+from devstack.processes import ManagedProcess, NotReady, descendants, http_ok, port_in_use
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
@@ -39,151 +36,6 @@ Say = Callable[[str], None]
 
 class StackError(Exception):
     """The local stack cannot start or keep running; the message says why and what to do."""
-
-
-# processes
-
-
-@dataclass(frozen=True)
-class ProcessId:
-    """A pid with its start time, so a pid the kernel reused is never mistaken for ours."""
-
-    pid: int
-    started: int
-
-
-def _stat(pid: int) -> tuple[int, int, str] | None:
-    """(parent pid, start time in clock ticks, state letter) from /proc, or None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()  # the command name may hold spaces and parens
-    return int(fields[1]), int(fields[19]), fields[0]
-
-
-def descendants(pid: int) -> set[ProcessId]:
-    """Every living process below `pid` in the process tree."""
-    children: dict[int, list[ProcessId]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            children.setdefault(stat[0], []).append(ProcessId(int(entry.name), stat[1]))
-    found: set[ProcessId] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child.pid)
-    return found
-
-
-def is_running(process: ProcessId) -> bool:
-    """Whether this very process (not a later one with its pid) is alive and not a zombie."""
-    stat = _stat(process.pid)
-    return stat is not None and stat[1] == process.started and stat[2] != "Z"
-
-
-def _kill(process: ProcessId, signum: int) -> None:
-    """Signal a process, and its whole group when it leads one."""
-    if not is_running(process):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(process.pid) == process.pid:
-            os.killpg(process.pid, signum)
-        else:
-            os.kill(process.pid, signum)
-
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    """Whether a server could not bind host:port (as uvicorn binds it, with SO_REUSEADDR)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port(host: str = HOST) -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-class ManagedProcess:
-    """A child in its own session, output to a log file; stopping it stops all it started."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log = log
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def start(self) -> ManagedProcess:
-        """Start the command in a new session, so a Ctrl-C meant for us does not reach it."""
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = self.log.open("wb")
-        self._process = subprocess.Popen(
-            self.argv,
-            cwd=PROJECT_ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def exit_code(self) -> int | None:
-        """None while it runs, else its exit status."""
-        return None if self._process is None else self._process.poll()
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines of its log, to show why it stopped."""
-        try:
-            text = self.log.read_text("utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM its group, wait, then SIGKILL whatever it started that is still alive."""
-        process = self._process
-        if process is None:
-            return
-        family = descendants(process.pid)
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-        # children in sessions of their own (the worker's flow runs) outlive a group kill
-        for member in family:
-            family |= {p for p in descendants(member.pid) if is_running(p)}
-        leftovers = [p for p in family if is_running(p)]
-        for member in leftovers:
-            _kill(member, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while any(is_running(p) for p in leftovers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for member in leftovers:
-            _kill(member, signal.SIGKILL)
-        if self._log_file is not None:
-            self._log_file.close()
-        self._process = None
 
 
 def _executable(name: str) -> str:
@@ -285,6 +137,7 @@ class LocalStack:
             [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
             self._env(PREFECT_UI_API_URL=self.api_url, **(server_env or {})),
             self.home / "server.log",
+            cwd=PROJECT_ROOT,
         )
         self.worker: ManagedProcess | None = None
         self.server_seconds = 0.0
@@ -384,24 +237,17 @@ class LocalStack:
                 PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_seconds),
             ),
             self.home / "worker.log",
+            cwd=PROJECT_ROOT,
         ).start()
         self._wait_for_worker(timeout=120)
         self.say(f"Worker polling work pool {WORK_POOL!r} (log: {self.worker.log})")
         return self
 
     def _wait_for_server(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.server.exit_code() is not None:
-                raise StackError(
-                    f"the Prefect server exited with status {self.server.exit_code()}; the end "
-                    f"of {self.server.log}:\n{self.server.log_tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.25)
-        raise StackError(f"the Prefect server did not answer within {timeout:.0f} s")
+        try:
+            self.server.wait_until_ready(lambda: http_ok(f"{self.api_url}/health"), timeout)
+        except NotReady as exc:
+            raise StackError(str(exc)) from None
 
     def _create_work_pool(self) -> None:
         """A `process` pool that runs one sync at a time, whichever deployment it comes from."""

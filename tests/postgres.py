@@ -5,11 +5,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from devstack.processes import free_port, wait_for_listener
 
 INSTALL_HINT = (
     "PostgreSQL server binaries not found: install them with `apt-get install postgresql`"
@@ -24,18 +24,12 @@ def _bindir() -> Path:
     raise RuntimeError(INSTALL_HINT)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PostgresServer:
     """initdb + pg_ctl in a temporary folder; as root, the server runs as the `postgres` user."""
 
     def __init__(self) -> None:
         self.bindir = _bindir()
-        self.port = _free_port()
+        self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="inventory-sync-pg-"))
         self.data = self.root / "data"
         self._as_user: list[str] = []
@@ -71,12 +65,8 @@ class PostgresServer:
             "60",
             "start",
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.1)
+        if wait_for_listener(self.port, timeout=30):
+            return self
         raise RuntimeError(f"PostgreSQL did not start; see {self.root / 'server.log'}")
 
     def create_database(self, name: str) -> str:

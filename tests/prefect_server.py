@@ -14,13 +14,8 @@ from uuid import UUID
 import httpx
 import pytest
 
-from devstack.local_stack import (
-    DEPLOYMENTS,
-    LocalStack,
-    free_port,
-    prefect_client,
-    wait_for_final_state,
-)
+from devstack.local_stack import DEPLOYMENTS, LocalStack, prefect_client, wait_for_final_state
+from devstack.processes import free_port
 
 RUN_TIMEOUT = 240  # seconds for one flow run, from trigger to final state, on a busy 2-core box
 

@@ -6,11 +6,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from devstack.local_stack import LocalStack, ManagedProcess, descendants, is_running, port_in_use
+from devstack.local_stack import LocalStack
 
 pytestmark = pytest.mark.fast
 
@@ -50,29 +49,6 @@ def test_an_unknown_timezone_is_refused_before_anything_starts(tmp_path):
     result = local_stack("--timezone", "Mars/Olympus", "--port", "0", tmp_path=tmp_path)
     assert result.returncode == 2
     assert "unknown timezone 'Mars/Olympus'" in result.stderr
-
-
-def test_stopping_a_process_also_stops_what_it_started_in_a_session_of_its_own(tmp_path):
-    # like the worker, whose flow runs live in their own sessions and survive a group kill
-    script = "setsid sleep 300 & sleep 300"
-    child = ManagedProcess("shell", ["bash", "-c", script], dict(os.environ), tmp_path / "log")
-    child.start()
-    assert child.pid is not None
-    deadline = time.monotonic() + 10
-    while len(family := descendants(child.pid)) < 2:
-        assert time.monotonic() < deadline, family
-        time.sleep(0.05)
-    child.stop(grace=5)
-    assert [p for p in family if is_running(p)] == []
-
-
-def test_port_in_use_sees_a_listener_and_only_a_listener():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        assert port_in_use(port)
-    assert not port_in_use(port)
 
 
 def test_a_taken_sandbox_port_moves_the_sandbox_rather_than_stopping(tmp_path):
