@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run demo test test-fast bench lint lock clean
+.PHONY: run demo test test-fast system-packages bench lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 11) <= v[:2] < (3, 14) else "inventory-sync needs Python 3.11, 3.12 or 3.13; found %d.%d" % v[:2])'
@@ -26,9 +26,13 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/inventory-sync-dev demo
 
-## test: the whole suite (real HTTP on loopback, real Prefect, real GX)
-test: $(STAMP)
+## test: the whole suite (real HTTP on loopback, real Prefect, real GX); first the system packages
+test: system-packages $(STAMP)
 	$(BIN)/python -m pytest
+
+## system-packages: as root, install what the suite needs (PostgreSQL, Chromium); else say how
+system-packages:
+	@bash devstack/system_packages.sh
 
 ## test-fast: the logic tests only (no Prefect server, PostgreSQL or browser), in under 30 s
 test-fast: $(STAMP)
