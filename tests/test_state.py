@@ -147,20 +147,20 @@ HOLD_LOCK = textwrap.dedent(
 
 def test_another_process_holding_the_lock_is_named_and_its_death_releases_it(tmp_path: Path):
     root = Path(__file__).resolve().parents[1]
-    holder = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=root,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        busy = rf"in use by run other-run \(pid {holder.pid}, since "
-        with pytest.raises(StateBusy, match=busy), StateStore(tmp_path).exclusive("mine"):
-            pytest.fail("got the lock another process holds")
-    finally:
-        holder.kill()  # no clean exit: the kernel drops the lock with the process
-        holder.wait(30)
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            busy = rf"in use by run other-run \(pid {holder.pid}, since "
+            with pytest.raises(StateBusy, match=busy), StateStore(tmp_path).exclusive("mine"):
+                pytest.fail("got the lock another process holds")
+        finally:
+            holder.kill()  # no clean exit: the kernel drops the lock with the process
+    assert holder.returncode == -9
     with StateStore(tmp_path).exclusive("mine"):
         assert "run mine (pid" in (tmp_path / "run.lock").read_text()
