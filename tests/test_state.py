@@ -164,3 +164,49 @@ def test_another_process_holding_the_lock_is_named_and_its_death_releases_it(tmp
     assert holder.returncode == -9
     with StateStore(tmp_path).exclusive("mine"):
         assert "run mine (pid" in (tmp_path / "run.lock").read_text()
+
+
+def catalog_page(*ids: str) -> pl.DataFrame:
+    return pl.DataFrame({"id": list(ids), "vendorSku": [i.upper() for i in ids]})
+
+
+def test_a_refresh_keeps_each_page_and_only_a_finished_one_replaces_the_kept_catalog(tmp_path):
+    store = StateStore(tmp_path)
+    assert store.kept_catalog() is None and store.refresh_progress() is None
+    store.start_refresh("https://api.test/products?page=1", per_page=2, now=MONDAY)
+    store.save_refresh_page(1, catalog_page("a", "b"), "https://api.test/products?page=2")
+    resumed = StateStore(tmp_path).refresh_progress()  # as a retry or the next run sees it
+    assert resumed is not None
+    assert (resumed.started_at, resumed.per_page, resumed.pages) == (MONDAY, 2, 1)
+    assert resumed.next_url == "https://api.test/products?page=2"
+    assert store.kept_catalog() is None, "half a catalog is never the kept one"
+    store.save_refresh_page(2, catalog_page("c"), None)
+    assert [p["id"].to_list() for p in store.refresh_pages()] == [["a", "b"], ["c"]]
+    whole = pl.concat(store.refresh_pages())
+    store.finish_refresh(whole, pages=2, per_page=2, now=TUESDAY)
+    kept = store.kept_catalog()
+    assert kept is not None and kept.frame.equals(whole)
+    assert (kept.refreshed_at, kept.pages, kept.per_page) == (TUESDAY, 2, 2)
+    assert store.refresh_progress() is None and store.refresh_pages() == []
+
+
+def test_starting_a_refresh_drops_the_pages_of_an_unfinished_one(tmp_path):
+    store = StateStore(tmp_path)
+    store.start_refresh("p1", per_page=2, now=MONDAY)
+    store.save_refresh_page(1, catalog_page("old"), "p2")
+    progress = store.start_refresh("p1", per_page=5, now=TUESDAY)
+    assert progress == store.refresh_progress()
+    assert (progress.per_page, progress.next_url, progress.pages) == (5, "p1", 0)
+    assert store.refresh_pages() == []
+
+
+def test_the_read_back_rotation_and_what_it_audited(tmp_path):
+    store = StateStore(tmp_path)
+    assert store.read_back_start() == 1
+    store.record_audit({1: 250, 2: 250}, next_page=3, now=MONDAY)
+    store.record_audit({3: 100}, next_page=1, now=TUESDAY)  # the last page: back to the first
+    assert store.read_back_start() == 1
+    assert store.audited_since(MONDAY) == 600
+    assert store.audited_since(TUESDAY) == 100
+    store.record_audit({1: 250}, next_page=2, now=TUESDAY)  # page 1 again: counted once
+    assert store.audited_since(MONDAY) == 600 and store.audited_since(TUESDAY) == 350
