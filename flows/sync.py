@@ -23,6 +23,7 @@ from tasks.checks.rows import check_rows_task
 from tasks.config.secrets import resolve_token
 from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
+from tasks.errors import SyncError, log_sync_errors_without_traceback
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.client import retry_policy
@@ -37,7 +38,7 @@ from tasks.summary import RunSummary, summarize
 CATALOG_RETRIES = 2  # each resumes the refresh from the last page kept; pages retry per GET
 
 
-class SyncFailed(Exception):
+class SyncFailed(SyncError):
     """Some valid updates did not land; the summary says which chunks and products."""
 
     def __init__(self, summary: RunSummary) -> None:
@@ -47,6 +48,9 @@ class SyncFailed(Exception):
             + "\n".join(summary.failures)
         )
         self.summary = summary
+
+
+log_sync_errors_without_traceback()  # here, because every run (CLI or deployment) imports it
 
 
 @flow(

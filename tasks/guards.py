@@ -16,17 +16,18 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import Field
 
 from tasks.config.settings import GuardSettings
+from tasks.errors import SyncError
 from tasks.sources.extract import Extracted
 from tasks.sources.feed import Feed
 from tasks.sources.warehouse import WarehouseBase
 from tasks.state import FeedMark, StateStore
 
 
-class StaleFeeds(Exception):
+class StaleFeeds(SyncError):
     """A feed is too old, or older than the one used by the last successful run."""
 
 
-class ChangesNotApproved(Exception):
+class ChangesNotApproved(SyncError):
     """The change guard tripped and nobody approved the run (rejected, timed out, or no server)."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from tasks.errors import SyncError
 from tasks.sources.feed import Feed
 
 SCHEMA = """
@@ -91,7 +92,7 @@ class RefreshProgress:
     pages: int
 
 
-class StateBusy(Exception):
+class StateBusy(SyncError):
     """Another run holds the state store's lock."""
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tasks.errors import SyncError
 
-class ConfigError(Exception):
+
+class ConfigError(SyncError):
     """The configuration file is missing, unreadable or invalid; the message names the key."""
 
 

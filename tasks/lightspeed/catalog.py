@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from tasks.config.settings import CatalogSettings, LightspeedSettings
+from tasks.errors import SyncError
 from tasks.lightspeed.client import (
     LightspeedClient,
     LightspeedError,
@@ -33,7 +34,7 @@ CATALOG_SCHEMA = {
 CSV_COLUMNS = ("vendorSku", "id", TRACKED, BACKORDER)
 
 
-class CatalogError(Exception):
+class CatalogError(SyncError):
     """The catalog could not be read, or holds a value we cannot interpret."""
 
 

@@ -19,6 +19,7 @@ import httpx
 from pydantic import SecretStr
 
 from tasks.config.settings import LightspeedSettings
+from tasks.errors import SyncError
 from tasks.http_verdicts import (
     USER_AGENT,
     Unreachable,
@@ -33,7 +34,7 @@ from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 from tasks.retries import retry_options
 
 
-class LightspeedError(Exception):
+class LightspeedError(SyncError):
     """A call the API did not accept; `retryable` says whether trying again can help."""
 
     retryable = False

@@ -14,6 +14,7 @@ from prefect.futures import as_completed
 from prefect.runtime import task_run as this_task_run
 
 from tasks.config.secrets import resolve_secrets
+from tasks.errors import SyncError
 from tasks.retries import retry_options
 from tasks.sources import registry
 from tasks.sources.feed import (
@@ -26,7 +27,7 @@ from tasks.sources.feed import (
 from tasks.sources.warehouse import RemoteWarehouse, WarehouseBase
 
 
-class ExtractFailed(Exception):
+class ExtractFailed(SyncError):
     """One or more warehouses could not be read; nothing has been sent."""
 
 

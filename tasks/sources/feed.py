@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 from pydantic import SecretStr
 
+from tasks.errors import SyncError
 from tasks.sources.warehouse import WarehouseBase
 
 FEED_SCHEMA = {
@@ -21,7 +22,7 @@ FEED_SCHEMA = {
 }
 
 
-class WarehouseUnreadable(Exception):
+class WarehouseUnreadable(SyncError):
     """A warehouse feed that cannot be read; the run stops before anything is sent."""
 
     def __init__(self, warehouse: str, cause: str) -> None:
