@@ -72,6 +72,22 @@ def test_padded_header_names_are_matched(tmp_path):
         (b"sku,qty\n", "has a header but no rows"),
         (b"sku,amount\nA,1\n", "missing column\\(s\\) 'qty'; the file has 'sku', 'amount'"),
         (b"sku,qty\nA,1\nB,2,3,4\n", "not a readable CSV"),
+        (
+            b"sku,qty,qty\nA,1,2\n",
+            r"quantity_column 'qty' is ambiguous: the header has 'qty' 2 times \(columns 2 and 3\)",
+        ),
+        (
+            b"sku, qty,qty ,qty\nA,1,2,3\n",
+            r"the header has 'qty' 3 times \(columns 2, 3 and 4\)",
+        ),
+        (
+            b"sku,qty,QTY\nA,1,2\n",
+            r"quantity_column 'qty' is ambiguous: 2 columns match it when case and surrounding "
+            r"spaces are ignored: 'qty' \(column 2\), 'QTY' \(column 3\); refusing to guess",
+        ),
+        (b"SKU,qty,sku\nA,1,B\n", r"sku_column 'sku' is ambiguous: .*'SKU' \(column 1\)"),
+        (b"\x1f\x8b\x08\x00\x00\x00", "gzip-compressed, not CSV text \\(decompress it first\\)"),
+        (b"PK\x03\x04\x14\x00", "a ZIP archive, not CSV text"),
     ],
 )
 def test_unreadable_feeds_name_warehouse_and_file(tmp_path, data, message):
@@ -80,6 +96,21 @@ def test_unreadable_feeds_name_warehouse_and_file(tmp_path, data, message):
         read(path, data)
     assert str(info.value).startswith("warehouse 'east': ")
     assert str(path) in str(info.value)
+
+
+def test_a_repeated_column_the_sync_does_not_read_is_harmless(tmp_path):
+    rows = read(tmp_path / "f.csv", b"sku,note,qty,note\nA,x,1,y\n")
+    assert rows.select("sku_text", "quantity_text").rows() == [("A", "1")]
+
+
+def test_a_timestamp_column_must_be_unambiguous_too(tmp_path):
+    with pytest.raises(WarehouseUnreadable, match="timestamp_column 'at' is ambiguous"):
+        read(tmp_path / "f.csv", b"sku,qty,at,AT\nA,1,2026-01-01,x\n", timestamp_column="at")
+
+
+def test_a_folder_is_not_a_feed(tmp_path):
+    with pytest.raises(WarehouseUnreadable, match=r"is a folder; path must name a file, or a glob"):
+        read_feed(csv_wh(tmp_path))
 
 
 def test_header_only_is_accepted_when_allowed(tmp_path):

@@ -25,6 +25,18 @@ def test_parquet_numbers_become_text_for_the_checks(tmp_path):
     ]
 
 
+def test_parquet_columns_alike_but_for_case_are_refused(tmp_path):
+    path = tmp_path / "n.parquet"
+    pl.DataFrame({"code": ["A"], "on_hand": [3], "ON_HAND": [4]}).write_parquet(path)
+    wh = ParquetWarehouse(
+        name="north", kind="parquet", path=str(path), sku_column="code", quantity_column="on_hand"
+    )
+    with pytest.raises(
+        WarehouseUnreadable, match=r"'on_hand' \(column 2\), 'ON_HAND' \(column 3\)"
+    ):
+        read_feed(wh)
+
+
 def test_corrupt_parquet(tmp_path):
     path = tmp_path / "n.parquet"
     path.write_bytes(b"PAR1 this is not parquet")

@@ -70,6 +70,12 @@ def test_sqlite_values_come_as_text_and_null_stays_null(sqlite_db):
         ),
         ("SELECT sku, qty FROM stock WHERE 0", "returned no rows; .*allow_empty = true"),
         ("DELETE FROM stock RETURNING sku, qty", "attempt to write a readonly database"),
+        ("SELECT sku, qty, qty FROM stock", "column 'qty' appears more than once"),
+        (
+            'SELECT sku, qty, qty AS "QTY" FROM stock',
+            "quantity_column 'qty' is ambiguous: 2 columns match it when case and surrounding "
+            "spaces are ignored: 'qty' \\(column 2\\), 'QTY' \\(column 3\\)",
+        ),
     ],
 )
 def test_sqlite_query_problems_name_the_cause(sqlite_db, query, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -16,6 +17,11 @@ if TYPE_CHECKING:
     from tasks.sources.sftp_drop import SftpWarehouse
 
 UTF8_BOM = b"\xef\xbb\xbf"
+NOT_TEXT = {  # what a CSV export is sometimes confused with: its first bytes, what it is, what to do
+    b"\x1f\x8b": ("gzip-compressed", "decompress it first"),
+    b"PK\x03\x04": ("a ZIP archive", "an Excel workbook? export it as CSV"),
+    b"PAR1": ("a Parquet file", 'use kind = "parquet"'),
+}
 
 
 class CsvWarehouse(FileWarehouse, CsvOptions):
@@ -34,6 +40,9 @@ def csv_feed(
 ) -> Feed:
     """Parse a CSV export's bytes: every cell as text, so nothing is coerced before the checks."""
     size = len(data)
+    for signature, (what, hint) in NOT_TEXT.items():
+        if data.startswith(signature):
+            raise WarehouseUnreadable(warehouse.name, f"{source}: {what}, not CSV text ({hint})")
     data = _as_utf8(warehouse.name, source, data, warehouse.encoding)
     if not data.strip():
         raise WarehouseUnreadable(warehouse.name, f"{source}: file is empty (no header row)")
@@ -44,10 +53,26 @@ def csv_feed(
             infer_schema=False,
             has_header=True,
         )
+        header = _header(data, warehouse.delimiter, frame.columns)
+        frame.columns = _unique(header, frame.columns)
     except pl.exceptions.PolarsError as exc:
         raise WarehouseUnreadable(warehouse.name, f"{source}: not a readable CSV: {exc}") from None
-    frame = frame.rename({c: c.strip() for c in frame.columns})
-    return feed_frame(warehouse, source, frame, size, modified, first_line=2)
+    return feed_frame(warehouse, source, frame, size, modified, first_line=2, header=header)
+
+
+def _header(data: bytes, delimiter: str, parsed: list[str]) -> list[str]:
+    """The header's names as written, trimmed: polars renames a repeated name (`qty_duplicated_0`)."""
+    first = pl.read_csv(
+        io.BytesIO(data), separator=delimiter, infer_schema=False, has_header=False, n_rows=1
+    )
+    names = [name or "" for name in first.row(0)] if first.height else parsed
+    return [name.strip() for name in (names if len(names) == len(parsed) else parsed)]
+
+
+def _unique(header: list[str], parsed: list[str]) -> list[str]:
+    """The trimmed names, except where trimming makes two alike (polars' own name is kept)."""
+    seen = Counter(header)
+    return [name if seen[name] == 1 else own for name, own in zip(header, parsed, strict=True)]
 
 
 def _as_utf8(warehouse: str, source: str, data: bytes, encoding: str) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -78,15 +78,29 @@ def feed_frame(
     *,
     first_line: int,
     wording: Wording = FILE_WORDING,
+    header: Sequence[str] | None = None,
 ) -> Feed:
     """Pick the configured SKU and quantity columns, as text, numbered by the line they came from.
 
-    The two checks every kind shares live here: the configured columns exist, and a feed with
-    no rows is refused unless the warehouse allows it (a truncated export must not zero stock).
+    The checks every kind shares live here: each configured column names exactly one column,
+    even ignoring case and surrounding spaces; it exists; and a feed with no rows is refused
+    unless the warehouse allows it (a truncated export must not zero stock). `header` is the
+    column names as the source wrote them, where the frame's differ (polars renames repeats).
     """
-    wanted = [warehouse.sku_column, warehouse.quantity_column]
+    configured = {
+        "sku_column": warehouse.sku_column,
+        "quantity_column": warehouse.quantity_column,
+    }
     if warehouse.timestamp_column:
-        wanted.append(warehouse.timestamp_column)
+        configured["timestamp_column"] = warehouse.timestamp_column
+    ambiguous = ambiguous_columns(configured, frame.columns if header is None else header)
+    if ambiguous:
+        raise WarehouseUnreadable(
+            warehouse.name,
+            f"{source}: " + "; ".join(ambiguous) + "; refusing to guess which one to read "
+            "(rename or remove the extra column in the export)",
+        )
+    wanted = list(configured.values())
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise WarehouseUnreadable(
@@ -113,6 +127,37 @@ def feed_frame(
     if warehouse.timestamp_column and frame.height:
         modified_at = newest_timestamp(warehouse.name, source, frame[warehouse.timestamp_column])
     return Feed(warehouse.name, source, rows, bytes_read, modified_at)
+
+
+def ambiguous_columns(configured: Mapping[str, str], header: Sequence[str]) -> list[str]:
+    """Configured columns that more than one header names, comparing trimmed and case-folded."""
+    problems = []
+    for key, column in configured.items():
+        wanted = column.strip().casefold()
+        positions = [n for n, name in enumerate(header, 1) if name.strip().casefold() == wanted]
+        if len(positions) < 2:
+            continue
+        names = [header[n - 1] for n in positions]
+        if len({name.strip() for name in names}) == 1:
+            problems.append(
+                f"{key} {column!r} is ambiguous: the header has {names[0].strip()!r} "
+                f"{len(positions)} times (columns {_and(positions)})"
+            )
+        else:
+            shown = ", ".join(
+                f"{name!r} (column {n})" for name, n in zip(names, positions, strict=True)
+            )
+            problems.append(
+                f"{key} {column!r} is ambiguous: {len(positions)} columns match it when case "
+                f"and surrounding spaces are ignored: {shown}"
+            )
+    return problems
+
+
+def _and(numbers: Sequence[int]) -> str:
+    """2 and 3; 2, 3 and 5."""
+    text = [str(n) for n in numbers]
+    return ", ".join(text[:-1]) + " and " + text[-1]
 
 
 def newest_timestamp(warehouse: str, source: str, column: pl.Series) -> datetime:

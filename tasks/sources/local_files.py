@@ -23,6 +23,12 @@ class FileWarehouse(WarehouseBase):
 
 def newest_file(warehouse: str, pattern: str) -> Path:
     """The file itself, or the most recently modified file matching the glob."""
+    if Path(pattern).is_dir():
+        raise WarehouseUnreadable(
+            warehouse,
+            f"{pattern} is a folder; path must name a file, or a glob such as "
+            f"{Path(pattern) / '*'} (the newest match is read)",
+        )
     matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
     if not matches:
         raise WarehouseUnreadable(warehouse, f"no file matches {pattern}")
