@@ -10,6 +10,8 @@ import typer
 
 from tasks.config.errors import ConfigError
 from tasks.config.settings import load_settings
+from tasks.errors import SyncError
+from tasks.state import StateBusy, lock_for_next_run
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -18,7 +20,7 @@ app = typer.Typer(
     help="Keep available quantities on Lightspeed's B2B marketplace true to your warehouses.",
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
 
 @app.callback()
@@ -47,7 +49,8 @@ def run(
     """Run the sync once and print its summary.
 
     Exit status: 0 every valid update landed; 1 the run failed or a chunk finally failed;
-    2 bad configuration or usage.
+    2 bad configuration or usage; 3 another run of this config is in progress, so this one
+    did nothing.
     """
     raise typer.Exit(
         run_once(
@@ -63,12 +66,26 @@ def run(
 
 
 def run_once(config: Path, **parameters: Any) -> int:
-    """Run the flow in this process; print the summary; return the exit status."""
+    """Run the flow in this process; print the summary; return the exit status.
+
+    The configuration is checked and the state's run lock taken before Prefect starts, so a
+    bad file or a busy state is told in a second, with nothing started.
+    """
     try:
-        load_settings(config)  # fail fast, before Prefect starts, on a bad file
+        settings = load_settings(config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
+    try:
+        with lock_for_next_run(settings.state.dir, f"an inventory-sync CLI run of {config}"):
+            return _run_flow(config, parameters)
+    except StateBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_BUSY
+
+
+def _run_flow(config: Path, parameters: dict[str, Any]) -> int:
+    """The flow run itself; its outcome as an exit status."""
     from flows.sync import SyncFailed, inventory_sync
     from tasks.summary import RunSummary
 
@@ -80,10 +97,19 @@ def run_once(config: Path, **parameters: Any) -> int:
     if isinstance(result, SyncFailed):
         typer.echo(result.summary.render())
         return EXIT_FAILED
-    if isinstance(result, ConfigError):
+    if isinstance(result, SyncError):
         typer.echo(f"error: {result}", err=True)
+        return exit_status(result)
+    typer.echo(f"error: the run failed: {type(result).__name__}: {result}", err=True)
+    return EXIT_FAILED
+
+
+def exit_status(error: SyncError) -> int:
+    """The exit status a cron wrapper can tell apart: usage, busy, or a failed run."""
+    if isinstance(error, ConfigError):
         return EXIT_USAGE
-    typer.echo(f"error: the run failed: {result}", err=True)
+    if isinstance(error, StateBusy):
+        return EXIT_BUSY
     return EXIT_FAILED
 
 
