@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from tasks.config.errors import ConfigError
-from tasks.config.settings import load_settings
+from tasks.config.paths import state_folder
 from tasks.errors import SyncError
-from tasks.state import StateBusy, lock_for_next_run
+from tasks.run_lock import StateBusy, lock_for_next_run
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -48,9 +49,11 @@ def run(
 ) -> None:
     """Run the sync once and print its summary.
 
-    Exit status: 0 every valid update landed; 1 the run failed or a chunk finally failed;
-    2 bad configuration or usage; 3 another run of this config is in progress, so this one
-    did nothing.
+    Exit status:
+    0 every valid update landed.
+    1 the run failed, or a chunk finally failed (the summary names what did not land).
+    2 bad configuration or usage.
+    3 another run of this config is in progress; nothing was done.
     """
     raise typer.Exit(
         run_once(
@@ -68,17 +71,25 @@ def run(
 def run_once(config: Path, **parameters: Any) -> int:
     """Run the flow in this process; print the summary; return the exit status.
 
-    The configuration is checked and the state's run lock taken before Prefect starts, so a
-    bad file or a busy state is told in a second, with nothing started.
+    The state's run lock is taken first, from the TOML alone, and the configuration checked
+    before Prefect starts: a busy state is told in a fraction of a second, a bad file in one,
+    and neither starts anything.
     """
+    holder = f"an inventory-sync CLI run of {config}"
+    early = state_folder(config)
     try:
-        settings = load_settings(config)
+        with ExitStack() as held:
+            if early is not None:
+                held.enter_context(lock_for_next_run(early, holder))
+            from tasks.config.settings import load_settings
+
+            settings = load_settings(config)
+            if early is None or Path(settings.state.dir) != early:
+                held.enter_context(lock_for_next_run(settings.state.dir, holder))
+            return _run_flow(config, parameters)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
-    try:
-        with lock_for_next_run(settings.state.dir, f"an inventory-sync CLI run of {config}"):
-            return _run_flow(config, parameters)
     except StateBusy as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_BUSY

@@ -7,24 +7,22 @@ written to a temporary file, fsynced, then renamed over the old one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
 import os
 import re
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
 import polars as pl
 
-from tasks.errors import SyncError
+from tasks.run_lock import StateBusy as StateBusy  # what exclusive() raises
+from tasks.run_lock import adopt, run_lock, say_who_holds
 from tasks.sources.feed import Feed
 
 SCHEMA = """
@@ -94,69 +92,6 @@ class RefreshProgress:
     pages: int
 
 
-class StateBusy(SyncError):
-    """Another run holds the state store's lock."""
-
-
-LOCK_FILE = "run.lock"
-_handed_over: dict[Path, TextIO] = {}  # run locks taken for the next run in this process
-_handed_over_guard = threading.Lock()
-
-
-@contextmanager
-def run_lock(folder: str | Path, holder: str) -> Iterator[TextIO]:
-    """Take a state folder's run lock (an flock, released when the process dies) or raise StateBusy."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder_now = handle.read().strip() or "another process"
-            raise StateBusy(
-                f"state {folder} is in use by {holder_now}: another run of this config is in "
-                "progress; nothing was done (two syncs of one state never overlap)"
-            ) from None
-        _say_who_holds(handle, holder)
-        yield handle
-    finally:
-        handle.close()  # closing releases the lock
-
-
-@contextmanager
-def lock_for_next_run(folder: str | Path, holder: str) -> Iterator[None]:
-    """Take the run lock now and hand it to the next run of this state in this process.
-
-    The CLI does this before it starts Prefect, so a busy state is refused before anything
-    starts, and no other run can slip in between. A deployment run takes the lock itself.
-    """
-    key = Path(folder).resolve()
-    with run_lock(folder, holder) as handle:
-        with _handed_over_guard:
-            _handed_over[key] = handle
-        try:
-            yield
-        finally:
-            with _handed_over_guard:
-                _handed_over.pop(key, None)
-
-
-def _adopt(folder: Path) -> TextIO | None:
-    """The lock handed over for this folder, if any; only one run can adopt it."""
-    with _handed_over_guard:
-        return _handed_over.pop(folder.resolve(), None)
-
-
-def _say_who_holds(handle: TextIO, holder: str) -> None:
-    """Write who holds the lock into the lock file, for the message a refused run shows."""
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{holder} (pid {os.getpid()}, since {_now()})")
-    handle.flush()
-
-
 @dataclass(frozen=True)
 class FeedMark:
     """The feed a warehouse supplied to the last successful run."""
@@ -196,9 +131,9 @@ class StateStore:
         adopted instead of taken again.
         """
         holder = f"run {run}"
-        handed_over = _adopt(self.folder)
+        handed_over = adopt(self.folder)
         if handed_over:
-            _say_who_holds(handed_over, holder)
+            say_who_holds(handed_over, holder)
         lock = nullcontext(handed_over) if handed_over else run_lock(self.folder, holder)
         # While one connection stays open, closing the others does not checkpoint the WAL
         # (with its fsyncs): each chunk's commit costs about half as much. Commits are as

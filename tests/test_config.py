@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config.errors import ConfigError
+from tasks.config.paths import state_folder
 from tasks.config.secrets import resolve_token
 from tasks.config.settings import load_settings
 
@@ -42,6 +43,22 @@ def test_defaults_and_paths_relative_to_the_config_file(tmp_path):
     assert wh.path == str(tmp_path / "conf" / "feeds/east-*.csv")
     assert (wh.safety_stock, wh.delimiter, wh.encoding) == (0, ",", "utf-8")
     assert settings.report.dir == str(tmp_path / "conf" / "reports")
+
+
+@pytest.mark.parametrize(
+    "state",
+    ["", '[state]\ndir = "var/state"', '[state]\ndir = "/srv/sync-state"', '[state]\ndir = "~/s"'],
+)
+def test_the_state_folder_read_from_the_toml_alone_is_the_validated_one(tmp_path, state):
+    """The CLI locks this folder before it validates the file: it must be the run's folder."""
+    config = write(tmp_path, GOOD + "\n" + state + "\n")
+    assert state_folder(config) == Path(load_settings(config, environ={}).state.dir)
+
+
+def test_no_state_folder_from_a_file_that_is_not_toml(tmp_path):
+    assert state_folder(write(tmp_path, "[lightspeed\n")) is None
+    assert state_folder(tmp_path / "missing.toml") is None
+    assert state_folder(write(tmp_path, "state = 3\n")) is None
 
 
 def test_base_url_from_the_environment_wins(tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
+
+from tasks.config.paths import from_config_folder
 
 
 class Section(BaseModel):
@@ -18,10 +19,7 @@ class Section(BaseModel):
 
 def relative_to_config(value: str, info: ValidationInfo) -> str:
     """Resolve a path or glob written in the config against the config file's folder."""
-    base = (info.context or {}).get("base_dir")
-    if base is None or Path(value).expanduser().is_absolute():
-        return str(Path(value).expanduser())
-    return str(Path(base) / value)
+    return from_config_folder(value, (info.context or {}).get("base_dir"))
 
 
 def http_url(value: str) -> str:

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 
 from tasks.config.errors import ConfigError, describe_errors
 from tasks.config.fields import Duration, Section, http_url, relative_to_config
+from tasks.config.paths import DEFAULT_STATE_DIR
 from tasks.sources import registry
 from tasks.sources.warehouse import WarehouseBase
 
@@ -84,7 +85,9 @@ class ReportSettings(Section):
 
 class StateSettings(Section):
     dir: str = Field(
-        "state", validate_default=True, description="where the last pushed quantities are kept"
+        DEFAULT_STATE_DIR,
+        validate_default=True,
+        description="where the last pushed quantities are kept",
     )
 
     _resolve = field_validator("dir")(relative_to_config)

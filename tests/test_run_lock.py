@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from tasks.state import LOCK_FILE, StateBusy, StateStore, lock_for_next_run, run_lock
+from tasks.run_lock import LOCK_FILE, StateBusy, lock_for_next_run, run_lock
+from tasks.state import StateStore
 
 TRY_LOCK = """
 import sys
-from tasks.state import StateBusy, run_lock
+from tasks.run_lock import StateBusy, run_lock
 try:
     with run_lock(sys.argv[1], "run from another process"):
         pass
