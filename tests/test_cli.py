@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from builders import csv_warehouse, pid, product
+from cli_runs import CLI, cli
 
 from sandbox.server import Fault
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "flows.cli"]
 DEV_CLI = [sys.executable, "-m", "devstack.cli"]
-
-
-def cli(
-    *args: str,
-    api: str | None,
-    cwd: Path,
-    token: str = "test-token",
-    program: list[str] = CLI,
-    **env: str,
-):
-    environ = {
-        k: v for k, v in os.environ.items() if not k.startswith(("LIGHTSPEED_", "PREFECT_API"))
-    }
-    environ |= {"LIGHTSPEED_TOKEN": token, **env}
-    if api:
-        environ["PREFECT_API_URL"] = api
-    return subprocess.run(
-        [*program, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=180
-    )
 
 
 @pytest.fixture
@@ -65,6 +44,18 @@ def test_help(program, command, tmp_path):
     assert "Usage:" in result.stdout
 
 
+def test_run_help_lists_every_exit_status(tmp_path):
+    result = cli("run", "--help", api=None, cwd=tmp_path, COLUMNS="120")
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    statuses = lines[lines.index("Exit status:") + 1 :][:4]
+    assert statuses == [
+        "0 every valid update landed.",
+        "1 the run failed, or a chunk finally failed (the summary names what did not land).",
+        "2 bad configuration or usage.",
+        "3 another run of this config is in progress; nothing was done.",
+    ]
+
+
 def test_exit_0_prints_the_summary_and_works_from_any_directory(
     config, sandbox, prefect_api, tmp_path
 ):
@@ -92,6 +83,7 @@ def test_exit_1_when_a_warehouse_cannot_be_read(config, sandbox, prefect_api, tm
     result = cli("run", "--config", str(config), api=prefect_api, cwd=tmp_path)
     assert result.returncode == 1
     assert "warehouse 'east': no file matches" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     assert [r for r in sandbox.requests() if r.method == "PUT"] == []
 
 
@@ -104,12 +96,14 @@ def test_exit_2_for_a_bad_configuration(tmp_path):
     assert result.returncode == 2
     assert 'warehouses[0] (name = "e").path: Field required' in result.stderr
     assert 'warehouses[0] (name = "e").sku_column: Field required' in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_exit_2_without_a_token(config, tmp_path):
     result = cli("run", "--config", str(config), api=None, cwd=tmp_path, token="")
     assert result.returncode == 2
     assert "no API token: set LIGHTSPEED_TOKEN" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_exit_2_for_bad_usage(tmp_path):
@@ -144,4 +138,5 @@ def test_change_guard_without_a_server_fails_with_the_explanation(tmp_path, sand
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the change guard tripped and this run has no Prefect server" in result.stderr
     assert "5 of 5" in result.stderr and "--approve-large-changes" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     assert [r for r in sandbox.requests() if r.method == "PUT"] == []
