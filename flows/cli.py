@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+PROGRESS_EVERY_SECONDS = 10.0
 
 
 @app.callback()
@@ -46,8 +47,17 @@ def run(
     refresh_catalog: bool = typer.Option(
         False, "--refresh-catalog", help="read the whole catalog from the API now, not the kept one"
     ),
+    progress_every: float = typer.Option(
+        PROGRESS_EVERY_SECONDS,
+        "--progress-every",
+        min=0,
+        help="when stderr is not a terminal: a progress line this often (seconds; 0: none)",
+    ),
 ) -> None:
     """Run the sync once and print its summary.
+
+    Progress of the long stages shows on stderr: live in a terminal, else a line every
+    --progress-every seconds.
 
     Exit status:
     0 every valid update landed.
@@ -58,6 +68,7 @@ def run(
     raise typer.Exit(
         run_once(
             config,
+            progress_every=progress_every,
             dry_run=dry_run,
             full=full,
             warehouses=warehouse or None,
@@ -68,7 +79,9 @@ def run(
     )
 
 
-def run_once(config: Path, **parameters: Any) -> int:
+def run_once(
+    config: Path, progress_every: float = PROGRESS_EVERY_SECONDS, **parameters: Any
+) -> int:
     """Run the flow in this process; print the summary; return the exit status.
 
     The state's run lock is taken first, from the TOML alone, and the configuration checked
@@ -86,7 +99,7 @@ def run_once(config: Path, **parameters: Any) -> int:
             settings = load_settings(config)
             if early is None or Path(settings.state.dir) != early:
                 held.enter_context(lock_for_next_run(settings.state.dir, holder))
-            return _run_flow(config, parameters)
+            return _run_flow(config, progress_every, parameters)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
@@ -95,12 +108,14 @@ def run_once(config: Path, **parameters: Any) -> int:
         return EXIT_BUSY
 
 
-def _run_flow(config: Path, parameters: dict[str, Any]) -> int:
-    """The flow run itself; its outcome as an exit status."""
+def _run_flow(config: Path, progress_every: float, parameters: dict[str, Any]) -> int:
+    """The flow run itself, with the progress display; its outcome as an exit status."""
+    from flows.progress_display import showing_progress
     from flows.sync import SyncFailed, inventory_sync
     from tasks.summary import RunSummary
 
-    state = inventory_sync(config_path=str(config), return_state=True, **parameters)
+    with showing_progress(progress_every):
+        state = inventory_sync(config_path=str(config), return_state=True, **parameters)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunSummary):
         typer.echo(result.render())

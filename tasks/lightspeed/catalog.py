@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from tasks.lightspeed.client import (
     Unauthorized,
 )
 from tasks.lightspeed.contract import BACKORDER, TRACKED, FlagError, parse_flag
+from tasks.progress import current as current_progress
 from tasks.read_retries import run_warning
 from tasks.state import KeptCatalog, RefreshProgress, StateStore
 
@@ -189,7 +191,11 @@ def refresh_reason(
 
 
 def refresh_catalog(
-    client: LightspeedClient, store: StateStore, max_age: timedelta, now: datetime
+    client: LightspeedClient,
+    store: StateStore,
+    max_age: timedelta,
+    now: datetime,
+    on_page: Callable[[int], None] | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Read GET /products page by page into the state store, resuming a refresh a run left unfinished.
 
@@ -197,7 +203,7 @@ def refresh_catalog(
     run) goes on from there and no page is read twice. Only a complete pass replaces the kept
     catalog: a half-read catalog is never used as if it were whole. A refresh left older than
     `max_age` starts again, since the platform's pages have moved on since.
-    Returns the catalog and the pages read this call.
+    Returns the catalog and the pages read this call; `on_page` hears each page's size.
     """
     progress = store.refresh_progress()
     if (
@@ -215,6 +221,8 @@ def refresh_catalog(
             frame = catalog_from_products(page.products, where=f"GET /products page {number}")
             store.save_refresh_page(number, frame, page.next_url)
             read += 1
+            if on_page is not None:
+                on_page(len(page.products))
     pages = store.refresh_pages()
     catalog = _unique_ids(
         pl.concat(pages) if pages else pl.DataFrame(schema=CATALOG_SCHEMA), "GET /products"
@@ -249,10 +257,17 @@ def read_catalog(
             kept.refreshed_at,
         )
     client = LightspeedClient(lightspeed, token)
+    stage = current_progress().start("catalog", "page", items_label="products read")
+
+    def counted(products: int) -> None:
+        stage.advance(1, products)
+        stage.set_client_totals(client.reads.retries, client.waited_seconds)
+
     try:
-        frame, pages = refresh_catalog(client, store, catalog.max_age, now)
+        frame, pages = refresh_catalog(client, store, catalog.max_age, now, counted)
     finally:
         client.close()
+        stage.finish()
     return CatalogRead(
         frame,
         f"refreshed from the API now ({reason}): {pages} page(s) read, "

@@ -30,9 +30,11 @@ from tasks.lightspeed.client import (
     retry_policy,
     shared_client,
 )
+from tasks.progress import current as current_progress
 from tasks.state import StateStore
 
 PROGRESS_KEY = "load-progress"
+LOAD_STAGE = "load"  # its counts, for the CLI's progress display
 # Each update is a blocking round trip to the Prefect server; per chunk, it took 27 of the
 # 32 ms a chunk cost, so the bar moves at most once a second (and always at the end).
 PROGRESS_EVERY_SECONDS = 1.0
@@ -188,19 +190,28 @@ def put_chunk(
     attempt = task_run.run_count or 1
     logger = get_run_logger()
     store = StateStore(state_dir)
+    stage = current_progress().stage(LOAD_STAGE)
+
+    def landed(part: pl.DataFrame) -> None:
+        store.commit(part, run)
+        stage.advance(items=part.height)
+
     if attempt > 1:  # a retry: what an earlier attempt already landed is not sent again
         chunk = chunk.filter(~pl.col("id").is_in(list(store.landed_in_run(chunk["id"], run))))
     try:
         accepted, rejected, requests = send_isolating(
-            shared_client(settings, token, run), chunk, lambda part: store.commit(part, run)
+            shared_client(settings, token, run), chunk, landed
         )
     except LightspeedError as exc:
         exc.attempts = attempt
         will_retry = isinstance(exc, RetryableError) and attempt <= settings.retries
+        if will_retry:
+            stage.retried()
         if will_retry and exc.retry_after:
             wait = min(exc.retry_after, settings.max_retry_after_seconds)
             logger.warning("attempt %d: %s; waiting Retry-After %.1fs", attempt, exc, wait)
             time.sleep(wait)
+            stage.waited(wait)
         else:
             logger.warning("attempt %d: %s%s", attempt, exc, "; will retry" if will_retry else "")
         raise
@@ -245,6 +256,13 @@ def _load(
             description=f"{len(chunks)} chunk(s) of up to {settings.chunk_size}",
         ),
     )
+    stage = current_progress().start(
+        LOAD_STAGE,
+        "chunk",
+        total=len(chunks),
+        items_label="products landed",
+        items_total=payload.height,
+    )
     queue = [(n, chunk_label(n, len(chunks), c), c) for n, c in enumerate(chunks, start=1)]
     queue.reverse()
     in_flight: dict[PrefectFuture[ChunkResult], tuple[int, str, pl.DataFrame]] = {}
@@ -269,11 +287,14 @@ def _load(
             future = next(as_completed(list(in_flight)))
             number, label, chunk = in_flight.pop(future)
             result = future.result(raise_on_failure=False)
+            stage.set_client_totals(0, shared_client(settings, token, run).waited_seconds)
             if isinstance(result, ChunkResult):
                 outcome.accepted.append(result)
+                stage.advance(done=1)
             else:
                 failure = _failure(number, label, chunk, result, settings)
                 outcome.failed.append(failure)
+                stage.failed()
                 if failure.stops_load:
                     stop_reason = f"not sent: an earlier chunk got HTTP {failure.status}"
             finished = not in_flight and (not queue or bool(stop_reason))
@@ -285,6 +306,7 @@ def _load(
                 progress_at = time.monotonic()
     for number, label, chunk in reversed(queue):
         outcome.failed.append(ChunkFailure(number, label, stop_reason, None, 0, chunk))
+    stage.finish()
     outcome.accepted.sort(key=lambda c: c.number)
     outcome.failed.sort(key=lambda f: f.number)
     return outcome

@@ -12,6 +12,7 @@ Drifted products are forgotten in the state, so the next run sends them again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ from pydantic import SecretStr
 from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.client import LightspeedClient, LightspeedError
 from tasks.lightspeed.load import LoadOutcome
+from tasks.progress import current as current_progress
 from tasks.state import StateStore
 
 DRIFT_SCHEMA = {"id": pl.String, "vendorSku": pl.String, "pushed": pl.Int64, "platform": pl.Int64}
@@ -65,12 +67,15 @@ def find_drift(
 
 
 def read_pages(
-    client: LightspeedClient, start: int, budget: int
+    client: LightspeedClient,
+    start: int,
+    budget: int,
+    on_page: Callable[[int], None] | None = None,
 ) -> tuple[pl.DataFrame, dict[int, int], int, bool]:
     """Read up to `budget` pages from page `start`, wrapping to page 1 at the end of the catalog.
 
     Returns (id, platform) of every product read, products per page read, the page to start
-    at next time, and whether the whole catalog was read.
+    at next time, and whether the whole catalog was read. `on_page` hears each page's size.
     """
     ids: list[str] = []
     quantities: list[int | None] = []
@@ -79,6 +84,8 @@ def read_pages(
     while len(pages) < budget and number not in pages:
         page = client.get_page(client.page_url(number))
         pages[number] = len(page.products)
+        if on_page is not None:
+            on_page(len(page.products))
         for product in page.products:
             quantity = product.get("quantity") if isinstance(product, dict) else None
             ids.append(str(product.get("id")) if isinstance(product, dict) else "")
@@ -104,10 +111,22 @@ def read_back_task(
     """Read this run's pages of the rotation and compare them with what was pushed."""
     store = StateStore(state_dir)
     client = LightspeedClient(settings, token)
+    catalog_pages = max(1, -(-catalog.height // settings.per_page))
+    stage = current_progress().start(
+        "read-back", "page", total=min(pages, catalog_pages), items_label="products read"
+    )
+
+    def counted(products: int) -> None:
+        stage.advance(1, products)
+        stage.set_client_totals(client.reads.retries, client.waited_seconds)
+
     try:
-        platform, read, next_page, whole = read_pages(client, store.read_back_start(), pages)
+        platform, read, next_page, whole = read_pages(
+            client, store.read_back_start(), pages, counted
+        )
     finally:
         client.close()
+        stage.finish()
     store.record_audit(read, next_page, datetime.now(UTC))
     drift = find_drift(landed, store.last_pushed(), platform, catalog, whole)
     sent_checked = landed.join(platform, on="id", how="semi").height
