@@ -43,7 +43,7 @@ def counts(stage: StageSnapshot) -> str:
     parts.append(f"{items} {stage.items_label}")
     if stage.retries:
         parts.append(f"{stage.retries} retried")
-    if stage.waited_seconds:
+    if stage.waited_seconds >= 0.1:  # pacing measures every request's few microseconds too
         parts.append(f"waited {duration(stage.waited_seconds)} for the platform")
     return ", ".join(parts)
 

@@ -76,6 +76,16 @@ def test_the_plain_line_says_everything_on_one_line():
     assert "\n" not in line and "\x1b" not in line and "\r" not in line
 
 
+def test_waiting_of_a_few_microseconds_is_not_worth_a_mention():
+    progress = Progress()
+    stage = progress.start("catalog", "page", items_label="products read")
+    stage.advance(1, 250)
+    stage.set_client_totals(retries=2, waited_seconds=0.00003)
+    assert progress_line(progress.snapshot()[0]).startswith(
+        "progress: catalog: 1 page, 250 products read, 2 retried; "
+    )
+
+
 def test_durations_read_like_a_clock():
     assert [duration(s) for s in (4.25, 65, 3600 + 600)] == ["4.2s", "1m05s", "1h10m"]
 
