@@ -81,6 +81,26 @@ class ServerStack:
                     return runs
                 time.sleep(0.3)
 
+    def logs(self, flow_run_id: UUID, quiet_seconds: float = 3, timeout: float = 60) -> list[str]:
+        """The run's log messages (its task runs' too), once no new one came for a while."""
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        quiet_since = time.monotonic()
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                logs = client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+                )
+                messages = [log.message for log in logs]
+                if messages != seen:
+                    seen, quiet_since = messages, time.monotonic()
+                elif seen and time.monotonic() - quiet_since >= quiet_seconds:
+                    break
+                time.sleep(0.5)
+        return seen
+
     def artifacts(self, flow_run_id: UUID) -> dict[str, Any]:
         """The run's artifacts by key."""
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId

@@ -115,6 +115,19 @@ def _table(data: object) -> list[dict]:
     return json.loads(data) if isinstance(data, str) else list(data)  # type: ignore[arg-type]
 
 
+def test_a_failed_deployment_run_logs_its_message_once_and_no_traceback(server_stack, tmp_path):
+    """The engine of a deployment run re-raises the flow's error; the UI shows it once."""
+    missing = str(tmp_path / "missing.toml")
+    run = server_stack.run(EVERY_15_MINUTES, config_path=missing)
+    assert run.state.type.value == "FAILED"
+    logs = server_stack.logs(run.id)
+    assert not [m for m in logs if "Traceback" in m], "\n".join(logs)
+    told = [m for m in logs if "configuration file not found" in m]
+    assert [m for m in told if not m.startswith("Finished in state")] == [
+        f"Encountered exception during execution: {missing}: configuration file not found"
+    ]
+
+
 def test_the_documented_automation_notifies_when_a_run_fails(server_stack, tmp_path):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.events.schemas.automations import AutomationCore
