@@ -6,8 +6,12 @@ import io
 import threading
 import time
 
+import pytest
+
 from flows.progress_display import PlainLines, duration, progress_line
 from tasks.progress import Progress
+
+pytestmark = pytest.mark.fast
 
 
 def test_counts_from_many_threads_add_up():

@@ -10,6 +10,7 @@ import pytest
 from tasks.run_lock import LOCK_FILE, StateBusy, lock_for_next_run, run_lock
 from tasks.state import StateStore
 
+pytestmark = pytest.mark.fast
 TRY_LOCK = """
 import sys
 from tasks.run_lock import StateBusy, run_lock

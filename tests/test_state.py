@@ -127,7 +127,8 @@ def test_a_second_handle_on_the_same_store_is_refused_while_a_run_holds_it(tmp_p
             pytest.fail("a second run got the lock")
         assert str(busy.value).startswith(f"state {tmp_path} is in use by run run-1 (pid ")
         assert str(busy.value).endswith(
-            "two syncs of the same state must not overlap (this run sent nothing)"
+            "another run of this config is in progress; nothing was done "
+            "(two syncs of one state never overlap)"
         )
         held.commit(landed(a=1), run="run-1")  # the holder keeps working
     with StateStore(tmp_path).exclusive("run-2"):  # released on exit

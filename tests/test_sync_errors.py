@@ -16,6 +16,8 @@ from tasks.run_lock import StateBusy
 from tasks.sources.extract import ExtractFailed
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture
 def logged() -> tuple[logging.Logger, io.StringIO]:
