@@ -9,6 +9,7 @@ from datetime import datetime
 import polars as pl
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -21,6 +22,8 @@ from tasks.sources.extract import Extracted
 from tasks.sources.feed import Feed
 from tasks.sources.warehouse import WarehouseBase
 from tasks.state import FeedMark, StateStore
+
+EVENT_FEED_STALE = "inventory-sync.feed.stale"
 
 
 class StaleFeeds(SyncError):
@@ -88,15 +91,20 @@ def guard_feed_ages(
                     f"warehouse {warehouse.name!r}: stale: {reason} "
                     '(on_stale = "use_last_good" would fall back to the last good feed)'
                 )
+                emit_stale_feed(warehouse, reason, "refused: the run fails, nothing is sent")
                 continue
         else:
             reason = "not read in this run (a run over some warehouses only)"
         fallback, why_not = _last_good(warehouse, mark, store, now)
         if fallback is None:
             problems.append(f"warehouse {warehouse.name!r}: {reason}, and {why_not}")
+            if feed is not None:
+                emit_stale_feed(warehouse, reason, f"refused, and {why_not}: nothing is sent")
             continue
         assert mark is not None  # a fallback exists only where a last good feed was recorded
         used.append(fallback)
+        if feed is not None:
+            emit_stale_feed(warehouse, reason, f"replaced by its last good feed, {fallback.source}")
         notes.append(
             f"{warehouse.name}: {reason}; used its last good feed instead ({fallback.source}, "
             f"modified {fallback.modified_at.isoformat(timespec='seconds')}, from run {mark.run})"
@@ -107,6 +115,27 @@ def guard_feed_ages(
             + "\n".join(f"  - {p}" for p in problems)
         )
     return replace(extracted, feeds=used), notes
+
+
+def emit_stale_feed(warehouse: WarehouseBase, reason: str, action: str) -> None:
+    """One event per stale feed, labelled with the warehouse so an alert can name it."""
+    emit_event(
+        event=EVENT_FEED_STALE,
+        resource={
+            "prefect.resource.id": f"inventory-sync.feed.{warehouse.name}",
+            "prefect.resource.name": warehouse.name,
+            "inventory-sync.warehouse": warehouse.name,
+            "inventory-sync.on-stale": warehouse.on_stale,
+        },
+        payload={
+            "warehouse": warehouse.name,
+            "reason": f"warehouse {warehouse.name!r}: stale: {reason}",
+            "action": action,
+            "max_age_seconds": (
+                None if warehouse.max_age is None else warehouse.max_age.total_seconds()
+            ),
+        },
+    )
 
 
 def _last_good(

@@ -101,12 +101,14 @@ EVENT_SUCCEEDED = "inventory-sync.run.succeeded"
 EVENT_FAILED = "inventory-sync.run.failed"
 
 
-def run_event_payload(result: object) -> dict[str, object]:
+def run_event_payload(result: object, reason: str | None = None) -> dict[str, object]:
     """The counts an automation can test, from a summary or from the error that ended the run."""
     summary = getattr(result, "summary", result)
+    extra: dict[str, object] = {} if reason is None else {"reason": reason}
     if not isinstance(summary, RunSummary):
-        return {"error": f"{type(result).__name__}: {result}"[:2000]}
+        return {**extra, "error": f"{type(result).__name__}: {result}"[:2000]}
     payload: dict[str, object] = {
+        **extra,
         "dry_run": summary.dry_run,
         "rows_read": summary.rows_read,
         "rows_flagged": sum(summary.rows_flagged.values()),
@@ -128,18 +130,28 @@ def run_event_payload(result: object) -> dict[str, object]:
 
 
 def emit_run_event(flow: object, flow_run: Any, state: Any) -> None:
-    """Prefect flow hook: one event per run, `inventory-sync.run.succeeded` or `.failed`."""
+    """Prefect flow hook: one event per run, `inventory-sync.run.succeeded` or `.failed`.
+
+    A crashed run runs no hook; the automation "inventory-sync crash report" emits its event.
+    """
     result = state.result(raise_on_failure=False) if state.is_final() else None
-    payload = run_event_payload(result)
+    succeeded = state.is_completed()
+    payload = run_event_payload(result, reason=None if succeeded else "failed")
+    labels = {
+        # labels, because automations match labels, not payload values
+        "inventory-sync.quarantined": _yes(payload.get("rows_dropped")),
+        "inventory-sync.rejected": _yes(payload.get("products_rejected")),
+        "inventory-sync.drifted": _yes(payload.get("products_drifted")),
+        "inventory-sync.dry-run": "true" if payload.get("dry_run") else "false",
+    }
+    if not succeeded:
+        labels["inventory-sync.reason"] = "failed"
     emit_event(
-        event=EVENT_SUCCEEDED if state.is_completed() else EVENT_FAILED,
+        event=EVENT_SUCCEEDED if succeeded else EVENT_FAILED,
         resource={
             "prefect.resource.id": f"inventory-sync.run.{flow_run.id}",
             "prefect.resource.name": flow_run.name,
-            # labels, because automations match labels, not payload values
-            "inventory-sync.quarantined": _yes(payload.get("rows_dropped")),
-            "inventory-sync.rejected": _yes(payload.get("products_rejected")),
-            "inventory-sync.drifted": _yes(payload.get("products_drifted")),
+            **labels,
         },
         related=[
             {

@@ -123,7 +123,9 @@ def test_sigkill_mid_load_loses_nothing(tmp_path, sandbox, write_config, prefect
     assert dict(store.last_pushed().iter_rows()) == expected
 
 
-def test_stale_feed_is_refused_before_anything_is_sent(tmp_path, sandbox, write_config):
+def test_stale_feed_is_refused_before_anything_is_sent(
+    tmp_path, sandbox, write_config, prefect_api
+):
     sandbox.reset(products=[product("A")])
     write_feed(tmp_path / "east.csv", {"A": 5}, mtime=time.time() - 3 * 3600)
     config = write_config(csv_warehouse("east", "east.csv", max_age="2h"))
@@ -131,6 +133,28 @@ def test_stale_feed_is_refused_before_anything_is_sent(tmp_path, sandbox, write_
     assert state.is_failed() and isinstance(result, StaleFeeds)
     assert "warehouse 'east': stale:" in str(result) and "over max_age 2.0h" in str(result)
     assert puts(sandbox) == []
+
+    flow_run = f"prefect.flow-run.{state.state_details.flow_run_id}"
+    [stale] = events_of_run(prefect_api, "inventory-sync.feed.stale", flow_run)
+    assert stale["resource"]["inventory-sync.warehouse"] == "east"  # an alert can name it
+    assert stale["payload"]["warehouse"] == "east"
+    assert "over max_age 2.0h" in stale["payload"]["reason"]
+    assert stale["payload"]["action"].startswith("refused")
+    [failed] = events_of_run(prefect_api, "inventory-sync.run.failed", flow_run)
+    assert failed["payload"]["reason"] == failed["resource"]["inventory-sync.reason"] == "failed"
+
+
+def events_of_run(api: str, name: str, flow_run: str, timeout: float = 30) -> list[dict]:
+    """Events with this name related to this flow run, once they reach the server."""
+    import httpx
+
+    body = {"filter": {"event": {"name": [name]}, "related": {"id": [flow_run]}}, "limit": 50}
+    deadline = time.monotonic() + timeout
+    while True:
+        found = httpx.post(f"{api}/events/filter", json=body, timeout=10).json()["events"]
+        if found or time.monotonic() > deadline:
+            return list(found)
+        time.sleep(0.3)
 
 
 def test_feed_older_than_the_last_good_one_is_refused_or_replaced(tmp_path, sandbox, write_config):
