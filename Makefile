@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run demo test test-fast system-packages bench lint lock clean
+.PHONY: run deploy demo test test-fast system-packages bench lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 11) <= v[:2] < (3, 14) else "inventory-sync needs Python 3.11, 3.12 or 3.13; found %d.%d" % v[:2])'
@@ -21,6 +21,12 @@ $(STAMP): requirements.lock pyproject.toml
 ##      deployments, a worker and one sync right away; Ctrl-C stops everything
 run: $(STAMP)
 	$(BIN)/inventory-sync-dev local-stack --port $(or $(PORT),4200)
+
+## deploy: set up the Prefect server at $$PREFECT_API_URL: work pool, deployments, automations
+##         (CONFIG=/etc/inventory-sync/sync.toml, NOTIFY=<notification block>, TIMEZONE=Europe/Amsterdam)
+deploy: $(STAMP)
+	$(BIN)/inventory-sync deploy $(if $(CONFIG),--config "$(CONFIG)") \
+	  $(if $(NOTIFY),--notify "$(NOTIFY)") $(if $(TIMEZONE),--timezone "$(TIMEZONE)")
 
 ## demo: one sync of the demo feeds against the local sandbox API, then print the summary
 demo: $(STAMP)

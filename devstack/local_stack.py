@@ -5,24 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 import zoneinfo
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 from uuid import UUID
 
 from devstack.processes import ManagedProcess, NotReady, descendants, http_ok, port_in_use
+from tasks.server_setup import FLOW_NAME, PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 DEMO_CONFIG = PROJECT_ROOT / "demo" / "inventory-sync.toml"
-FLOW_NAME = "inventory-sync"
 WORK_POOL = "inventory-sync"
 EVERY_15_MINUTES = "every-15-minutes"
 NIGHTLY_FULL = "nightly-full"
@@ -118,6 +115,7 @@ class LocalStack:
         worker_poll_seconds: float = 5,
         say: Say = print,
         server_env: dict[str, str] | None = None,
+        setup: dict[str, Any] | None = None,
     ) -> None:
         self.home = home.resolve()
         self.folder = folder.resolve()
@@ -139,6 +137,8 @@ class LocalStack:
             self.home / "server.log",
             cwd=PROJECT_ROOT,
         )
+        self.setup = dict(setup or {})  # SetupOptions fields beyond the config and timezone
+        self.setup_report: Any = None  # tasks.server_setup.SetupReport once set up
         self.worker: ManagedProcess | None = None
         self.server_seconds = 0.0
 
@@ -195,7 +195,7 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         """Start everything in order; each step waits until the previous one answers."""
-        from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, write_demo
+        from devstack.demo import DEMO_TOKEN, write_demo
         from sandbox.server import SandboxServer
 
         self.check()
@@ -215,8 +215,17 @@ class LocalStack:
         self.server_seconds = time.monotonic() - began
         self.say(f"Prefect server on {self.ui_url} (answered after {self.server_seconds:.1f} s)")
 
-        self._create_work_pool()
-        self._deploy()
+        self._set_up_server()
+        self.start_worker()
+        return self
+
+    def start_worker(self, name: str = "local-worker") -> ManagedProcess:
+        """A `process` worker on the pool (replacing any earlier one), once it has said hello."""
+        from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV
+
+        if self.worker is not None:
+            self.worker.stop()
+        since = datetime.now(UTC) - timedelta(seconds=1)
         self.worker = ManagedProcess(
             "Prefect worker",
             [
@@ -228,7 +237,7 @@ class LocalStack:
                 "--type",
                 "process",
                 "--name",
-                "local-worker",
+                name,
             ],
             self._env(
                 LIGHTSPEED_BASE_URL=self.sandbox.url,
@@ -236,12 +245,19 @@ class LocalStack:
                 **{SOUTH_DB_URL_ENV: f"sqlite:///{self.folder / 'feeds' / 'south.sqlite'}"},
                 PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_seconds),
             ),
-            self.home / "worker.log",
+            self.home / ("worker.log" if name == "local-worker" else f"worker-{name}.log"),
             cwd=PROJECT_ROOT,
         ).start()
-        self._wait_for_worker(timeout=120)
+        self._wait_for_worker(name, since, timeout=120)
         self.say(f"Worker polling work pool {WORK_POOL!r} (log: {self.worker.log})")
-        return self
+        return self.worker
+
+    def restart_server(self, down_seconds: float = 0.0) -> None:
+        """Stop the Prefect server and start it again on the same port and database."""
+        self.server.stop()
+        time.sleep(down_seconds)
+        self.server.start()
+        self._wait_for_server(timeout=180)
 
     def _wait_for_server(self, timeout: float) -> None:
         try:
@@ -249,21 +265,39 @@ class LocalStack:
         except NotReady as exc:
             raise StackError(str(exc)) from None
 
-    def _create_work_pool(self) -> None:
-        """A `process` pool that runs one sync at a time, whichever deployment it comes from."""
-        from prefect.client.schemas.actions import WorkPoolCreate
-        from prefect.workers.process import ProcessWorker
-
-        pool = WorkPoolCreate(
-            name=WORK_POOL,
-            type="process",
-            description="Runs inventory-sync flow runs as local processes, one at a time.",
-            base_job_template=ProcessWorker.get_default_base_job_template(),
-            concurrency_limit=1,
+    def _set_up_server(self) -> None:
+        """What `inventory-sync deploy` does (tasks/server_setup.py), against this stack's server."""
+        from prefect.settings import (
+            PREFECT_API_AUTH_STRING,
+            PREFECT_API_KEY,
+            PREFECT_API_URL,
+            temporary_settings,
         )
+
+        from tasks.server_setup import SetupError, SetupOptions, set_up_server
+
+        options = SetupOptions(config_path=self.config, timezone=self.timezone, **self.setup)
+        try:
+            # the user's own credentials are for their own server, never for this one
+            with temporary_settings(
+                updates={PREFECT_API_URL: self.api_url},
+                restore_defaults={PREFECT_API_KEY, PREFECT_API_AUTH_STRING},
+            ):
+                report = set_up_server(
+                    self.api_url, options, say=lambda _: None, environ=self._env()
+                )
+        except SetupError as exc:
+            raise StackError(str(exc)) from None
+        self.setup_report = report
+        self.deployments = dict(report.deployments)
         with prefect_client(self.api_url) as client:
-            client.create_work_pool(pool, overwrite=True)
             self._crash_orphans(client)
+        self.say(
+            f"Deployments {', '.join(self.deployments)} registered from "
+            f"{options.prefect_file.name} (timezone {self.timezone}); "
+            f"work pool {WORK_POOL!r}; {len(report.automations)} automations "
+            "(inventory-sync deploy does the same on any server)"
+        )
 
     def _crash_orphans(self, client: Any) -> None:
         """Runs a previous local stack left running can never finish: mark them Crashed."""
@@ -292,39 +326,8 @@ class LocalStack:
                 f"Marked flow run {run.name}, left {run.state.name} by an earlier stack, as Crashed"
             )
 
-    def _deploy(self) -> None:
-        """`prefect deploy --all` with deployments/prefect.yaml, as a user would run it."""
-        result = subprocess.run(
-            [
-                _executable("prefect"),
-                "--no-prompt",
-                "deploy",
-                "--all",
-                "--prefect-file",
-                str(PREFECT_FILE),
-            ],
-            cwd=PROJECT_ROOT,
-            env=self._env(
-                INVENTORY_SYNC_CONFIG=str(self.config), INVENTORY_SYNC_TIMEZONE=self.timezone
-            ),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).strip().splitlines()
-            raise StackError("prefect deploy failed:\n" + "\n".join(output[-30:]))
-        with prefect_client(self.api_url) as client:
-            for name in DEPLOYMENTS:
-                deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
-                self.deployments[name] = deployment.id
-        self.say(
-            f"Deployments {', '.join(DEPLOYMENTS)} registered from "
-            f"{PREFECT_FILE.relative_to(PROJECT_ROOT)} (timezone {self.timezone})"
-        )
-
-    def _wait_for_worker(self, timeout: float) -> None:
-        """Until the worker has said hello to the server (the pool turns Ready)."""
+    def _wait_for_worker(self, name: str, since: datetime, timeout: float) -> None:
+        """Until this worker has said hello to the server (the pool turns Ready)."""
         assert self.worker is not None
         deadline = time.monotonic() + timeout
         with prefect_client(self.api_url) as client:
@@ -334,7 +337,8 @@ class LocalStack:
                         f"the Prefect worker exited with status {self.worker.exit_code()}; the "
                         f"end of {self.worker.log}:\n{self.worker.log_tail()}"
                     )
-                if client.read_workers_for_work_pool(WORK_POOL):
+                workers = client.read_workers_for_work_pool(WORK_POOL)
+                if any(w.name == name and w.last_heartbeat_time >= since for w in workers):
                     return
                 time.sleep(0.25)
         raise StackError(f"the Prefect worker did not reach the server within {timeout:.0f} s")
@@ -454,6 +458,8 @@ def _first_run(stack: LocalStack) -> None:
                 f"  This run: {flow_run_url(stack.ui_url, run_id)}",
                 "    Artifacts tab: sync-summary, quarantine, load-progress; "
                 "Task Runs tab: one `chunk N/M …` per PUT, with its attempts.",
+                f"  Automations (they watch the runs; alerts are recorded only until "
+                f"`inventory-sync deploy --notify BLOCK`): {stack.ui_url}/automations",
                 f"Sandbox API: {stack.sandbox.url}/_sandbox/quantities",
                 f"Logs: {stack.server.log}, {stack.home / 'worker.log'}",
                 f"Schedules are active: every 15 minutes and nightly, timezone {stack.timezone}.",

@@ -123,6 +123,7 @@ class ManagedProcess:
         self.cwd = cwd
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._starts = 0
 
     @property
     def pid(self) -> int | None:
@@ -131,7 +132,8 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         """Start the command in a new session, so a Ctrl-C meant for us does not reach it."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = self.log.open("wb")
+        self._log_file = self.log.open("ab" if self._starts else "wb")  # a restart keeps the log
+        self._starts += 1
         self._process = subprocess.Popen(
             self.argv,
             cwd=self.cwd,

@@ -1,4 +1,4 @@
-"""The `inventory-sync` command: run the sync once and print what it did."""
+"""The `inventory-sync` command: run the sync once, or set up a Prefect server to run it."""
 
 from __future__ import annotations
 
@@ -137,6 +137,127 @@ def exit_status(error: SyncError) -> int:
     if isinstance(error, StateBusy):
         return EXIT_BUSY
     return EXIT_FAILED
+
+
+@app.command()
+def deploy(
+    config: Path = typer.Option(
+        ...,
+        "--config",
+        "-c",
+        envvar="INVENTORY_SYNC_CONFIG",
+        help="the configuration file the runs read, as the worker's machine sees it",
+    ),
+    timezone: str = typer.Option(
+        "UTC", "--timezone", envvar="INVENTORY_SYNC_TIMEZONE", help="timezone of the schedules"
+    ),
+    notify: str | None = typer.Option(
+        None,
+        "--notify",
+        help="notification block for the alerts, NAME or TYPE/NAME; without it they are only recorded",
+    ),
+    missed_heartbeats: int = typer.Option(
+        3, "--missed-heartbeats", min=1, help="a run that misses this many heartbeats is Crashed"
+    ),
+    no_success_after: str = typer.Option(
+        "45m", "--no-success-after", help="alert when no run has succeeded for this long"
+    ),
+    late_after: str = typer.Option(
+        "10m", "--late-after", help="alert when a scheduled run has been Late for this long"
+    ),
+    prefect_file: Path = typer.Option(
+        None, "--prefect-file", help="the deployments (default: deployments/prefect.yaml)"
+    ),
+    automations_file: Path = typer.Option(
+        None, "--automations-file", help="the automations (default: deployments/automations.yaml)"
+    ),
+) -> None:
+    """Set up the Prefect server at $PREFECT_API_URL: work pool, deployments, automations.
+
+    Creates what is missing and updates what differs; running it again changes nothing.
+    """
+    raise typer.Exit(
+        deploy_to_server(
+            config,
+            timezone=timezone,
+            notify=notify,
+            missed_heartbeats=missed_heartbeats,
+            no_success_after=no_success_after,
+            late_after=late_after,
+            prefect_file=prefect_file,
+            automations_file=automations_file,
+        )
+    )
+
+
+def deploy_to_server(config: Path, **choices: Any) -> int:
+    """Check the options, set the server up, say what changed; return the exit status."""
+    import zoneinfo
+
+    from prefect.settings import PREFECT_API_URL
+    from pydantic import TypeAdapter, ValidationError
+
+    from tasks.config import Duration
+    from tasks.server_setup import (
+        AUTOMATIONS_FILE,
+        PREFECT_FILE,
+        SetupError,
+        SetupOptions,
+        set_up_server,
+    )
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        typer.echo(
+            "error: PREFECT_API_URL is not set: point it at your Prefect server's API, e.g. "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            err=True,
+        )
+        return EXIT_USAGE
+    windows = {}
+    for option in ("no_success_after", "late_after"):
+        flag = "--" + option.replace("_", "-")
+        try:
+            windows[option] = TypeAdapter(Duration).validate_python(choices[option])
+        except ValidationError:
+            typer.echo(f'error: {flag}: not a duration: {choices[option]!r} (e.g. "45m")', err=True)
+            return EXIT_USAGE
+        if windows[option].total_seconds() < 10:
+            typer.echo(f"error: {flag}: Prefect needs at least 10 seconds", err=True)
+            return EXIT_USAGE
+    try:
+        zoneinfo.ZoneInfo(choices["timezone"])
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        typer.echo(f"error: --timezone: unknown timezone {choices['timezone']!r}", err=True)
+        return EXIT_USAGE
+    if not config.is_file():
+        typer.echo(f"warning: {config} is not a file here; the worker's machine must have it")
+    options = SetupOptions(
+        config_path=config,
+        timezone=choices["timezone"],
+        notify=choices["notify"],
+        missed_heartbeats=choices["missed_heartbeats"],
+        prefect_file=choices["prefect_file"] or PREFECT_FILE,
+        automations_file=choices["automations_file"] or AUTOMATIONS_FILE,
+        **windows,
+    )
+    typer.echo(f"Setting up the Prefect server at {api_url}")
+    try:
+        report = set_up_server(api_url, options, say=lambda line: typer.echo(f"  {line}"))
+    except SetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_FAILED
+    alerts = (
+        f"alerts are sent through the block {options.notify!r}"
+        if options.notify
+        else "alerts are recorded only (Automations → an automation → Events); "
+        "pass --notify BLOCK to send them"
+    )
+    typer.echo(
+        f"Done: runs send a heartbeat every {report.heartbeat_seconds} s and are Crashed after "
+        f"{options.missed_heartbeats} missed; {alerts}."
+    )
+    return EXIT_OK
 
 
 def main() -> None:

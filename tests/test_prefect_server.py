@@ -6,15 +6,25 @@ import json
 import re
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import yaml
 from prefect.exceptions import PrefectHTTPStatusError
 
 from devstack.demo import expected_quantities
 from devstack.local_stack import EVERY_15_MINUTES, NIGHTLY_FULL, PROJECT_ROOT, WORK_POOL
 from sandbox.server import Fault
+from tasks.server_setup import (
+    CRASH_REPORT,
+    FAILED,
+    FEED_STALE,
+    HEARTBEAT_LOST,
+    NO_SUCCESS,
+    RUN_LATE,
+    SetupOptions,
+    set_up_automations,
+)
 
 pytest_plugins = ["prefect_server"]
 pytestmark = pytest.mark.slow
@@ -44,6 +54,7 @@ def test_prefect_yaml_registers_both_deployments_as_documented(server_stack):
             {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_ROOT)}}
         ]
         assert deployment.enforce_parameter_schema
+        assert deployment.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}}
     assert "full" in nightly.tags
     schema = every.parameter_openapi_schema["properties"]
     assert {"config_path", "dry_run", "warehouses", "chunk_size"} <= set(schema)
@@ -128,9 +139,8 @@ def test_a_failed_deployment_run_logs_its_message_once_and_no_traceback(server_s
     ]
 
 
-def test_the_documented_automation_notifies_when_a_run_fails(server_stack, tmp_path):
+def test_the_failure_alert_notifies_through_the_block_given_to_deploy(server_stack, tmp_path):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
-    from prefect.events.schemas.automations import AutomationCore
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     received: list[dict] = []
@@ -144,31 +154,27 @@ def test_the_documented_automation_notifies_when_a_run_fails(server_stack, tmp_p
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+    recording = SetupOptions(config_path=server_stack.local.config)
     with ThreadingHTTPServer(("127.0.0.1", 0), Webhook) as hook:
         threading.Thread(target=hook.serve_forever, daemon=True).start()
         with temporary_settings({PREFECT_API_URL: server_stack.api_url}):
-            block_id = CustomWebhookNotificationBlock(
+            CustomWebhookNotificationBlock(
                 name="sync alerts",
                 url=f"http://127.0.0.1:{hook.server_address[1]}/",
                 json_data={"subject": "{{subject}}", "body": "{{body}}"},
             ).save("sync-alerts", overwrite=True)
-        text = (PROJECT_ROOT / "deployments" / "automations.yaml").read_text()
-        documented = yaml.safe_load(text.replace("NOTIFICATION_BLOCK_ID", str(block_id)))
-        with server_stack.client() as client:
-            ids = [
-                client.create_automation(AutomationCore.model_validate(a))
-                for a in documented["automations"]
-            ]
+        # what `inventory-sync deploy --notify sync-alerts` does to the automations
+        notifying = replace(recording, notify="sync-alerts")
+        report = set_up_automations(server_stack.api_url, notifying)
         try:
+            assert f"automation {FAILED!r}: updated" in report.lines
             missing = str(tmp_path / "missing.toml")
             run = server_stack.run(EVERY_15_MINUTES, config_path=missing)
             deadline = time.monotonic() + 60
             while not received and time.monotonic() < deadline:
                 time.sleep(0.25)
         finally:
-            with server_stack.client() as client:
-                for automation_id in ids:
-                    client.delete_automation(automation_id)
+            set_up_automations(server_stack.api_url, recording)  # back to recording only
             hook.shutdown()
 
     assert run.state.type.value == "FAILED"
@@ -176,3 +182,21 @@ def test_the_documented_automation_notifies_when_a_run_fails(server_stack, tmp_p
     body = received[0]["body"]
     assert "configuration file not found" in body and missing in body
     assert body.rstrip().endswith(f"/runs/flow-run/{run.id}")
+
+
+def test_deploy_without_notify_records_alerts_and_sizes_the_heartbeat_window(server_stack):
+    with server_stack.client() as client:
+        automations = {a.name: a for a in client.read_automations()}
+    actions = {
+        name: [a.type for a in automation.actions] for name, automation in automations.items()
+    }
+    assert actions == {
+        FAILED: ["do-nothing"],
+        HEARTBEAT_LOST: ["change-flow-run-state"],
+        CRASH_REPORT: ["call-webhook"],
+        NO_SUCCESS: ["do-nothing"],
+        RUN_LATE: ["do-nothing"],
+        FEED_STALE: ["do-nothing"],
+    }
+    windows = {name: a.trigger.within.total_seconds() for name, a in automations.items()}
+    assert (windows[HEARTBEAT_LOST], windows[NO_SUCCESS], windows[RUN_LATE]) == (180, 2700, 600)
