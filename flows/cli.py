@@ -197,7 +197,7 @@ def deploy_to_server(config: Path, **choices: Any) -> int:
     from prefect.settings import PREFECT_API_URL
     from pydantic import TypeAdapter, ValidationError
 
-    from tasks.config import Duration
+    from tasks.config.fields import Duration
     from tasks.server_setup import (
         AUTOMATIONS_FILE,
         PREFECT_FILE,
