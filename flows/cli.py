@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -192,19 +193,15 @@ def deploy(
 
 def deploy_to_server(config: Path, **choices: Any) -> int:
     """Check the options, set the server up, say what changed; return the exit status."""
-    import zoneinfo
+    from tasks.server_setup import AUTOMATIONS_FILE, PREFECT_FILE, SetupOptions
 
-    from prefect.settings import PREFECT_API_URL
-    from pydantic import TypeAdapter, ValidationError
-
-    from tasks.config.fields import Duration
-    from tasks.server_setup import (
-        AUTOMATIONS_FILE,
-        PREFECT_FILE,
-        SetupError,
-        SetupOptions,
-        set_up_server,
-    )
+    try:
+        windows = _alert_windows(choices["no_success_after"], choices["late_after"])
+        _check_timezone(choices["timezone"])
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    from prefect.settings import PREFECT_API_URL  # seconds of imports: only for good options
 
     api_url = PREFECT_API_URL.value()
     if not api_url:
@@ -213,22 +210,6 @@ def deploy_to_server(config: Path, **choices: Any) -> int:
             "export PREFECT_API_URL=http://127.0.0.1:4200/api",
             err=True,
         )
-        return EXIT_USAGE
-    windows = {}
-    for option in ("no_success_after", "late_after"):
-        flag = "--" + option.replace("_", "-")
-        try:
-            windows[option] = TypeAdapter(Duration).validate_python(choices[option])
-        except ValidationError:
-            typer.echo(f'error: {flag}: not a duration: {choices[option]!r} (e.g. "45m")', err=True)
-            return EXIT_USAGE
-        if windows[option].total_seconds() < 10:
-            typer.echo(f"error: {flag}: Prefect needs at least 10 seconds", err=True)
-            return EXIT_USAGE
-    try:
-        zoneinfo.ZoneInfo(choices["timezone"])
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        typer.echo(f"error: --timezone: unknown timezone {choices['timezone']!r}", err=True)
         return EXIT_USAGE
     if not config.is_file():
         typer.echo(f"warning: {config} is not a file here; the worker's machine must have it")
@@ -241,11 +222,54 @@ def deploy_to_server(config: Path, **choices: Any) -> int:
         automations_file=choices["automations_file"] or AUTOMATIONS_FILE,
         **windows,
     )
+    return _set_up(api_url, options)
+
+
+def _alert_windows(no_success_after: str, late_after: str) -> dict[str, timedelta]:
+    """The two alert windows as durations; ValueError names the option that is wrong."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from tasks.config.fields import Duration
+
+    windows = {}
+    for option, text in (("no_success_after", no_success_after), ("late_after", late_after)):
+        flag = "--" + option.replace("_", "-")
+        try:
+            windows[option] = TypeAdapter(Duration).validate_python(text)
+        except ValidationError:
+            raise ValueError(f'{flag}: not a duration: {text!r} (e.g. "45m")') from None
+        if windows[option].total_seconds() < 10:
+            raise ValueError(f"{flag}: Prefect needs at least 10 seconds")
+    return windows
+
+
+def _check_timezone(name: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"--timezone: unknown timezone {name!r}") from None
+
+
+def _set_up(api_url: str, options: Any) -> int:
+    """Run the setup, printing each change as it is made, and a last line on the alerts."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from tasks.server_setup import SetupError, set_up_server
+
     typer.echo(f"Setting up the Prefect server at {api_url}")
     try:
         report = set_up_server(api_url, options, say=lambda line: typer.echo(f"  {line}"))
     except SetupError as exc:
         typer.echo(f"error: {exc}", err=True)
+        return EXIT_FAILED
+    except PrefectHTTPStatusError as exc:
+        typer.echo(f"error: the Prefect server refused a request: {exc}", err=True)
+        return EXIT_FAILED
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot talk to the Prefect server at {api_url}: {exc}", err=True)
         return EXIT_FAILED
     alerts = (
         f"alerts are sent through the block {options.notify!r}"

@@ -95,6 +95,8 @@ def set_up_server(
     with prefect_api(api_url) as client:
         if (problem := client.api_healthcheck()) is not None:
             raise SetupError(f"the Prefect server at {api_url} does not answer: {problem}")
+        if options.notify:
+            find_notification_block(client, options.notify)  # refuse a wrong name before anything
         for pool in sorted(work_pool_names(deployments)):
             report.note("work pool", pool, ensure_work_pool(client, pool))
     names = [str(d["name"]) for d in deployments]

@@ -140,3 +140,26 @@ def test_change_guard_without_a_server_fails_with_the_explanation(tmp_path, sand
     assert "5 of 5" in result.stderr and "--approve-large-changes" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert [r for r in sandbox.requests() if r.method == "PUT"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "api", "says"),
+    [
+        ([], None, "PREFECT_API_URL is not set"),
+        (
+            ["--late-after", "5s"],
+            "http://127.0.0.1:9/api",
+            "--late-after: Prefect needs at least 10",
+        ),
+    ],
+)
+def test_deploy_refuses_bad_usage_before_touching_a_server(tmp_path, args, api, says):
+    result = cli("deploy", "--config", str(tmp_path / "sync.toml"), *args, api=api, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr
+
+
+def test_deploy_says_so_when_the_server_does_not_answer(tmp_path):
+    result = cli("deploy", "--config", "sync.toml", api="http://127.0.0.1:9/api", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "the Prefect server at http://127.0.0.1:9/api does not answer" in result.stderr

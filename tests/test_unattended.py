@@ -368,6 +368,11 @@ def test_deploy_twice_leaves_one_of_each_and_removes_a_duplicate(unattended):
         "--late-after", f"{LATE_AFTER.total_seconds():.0f}s",
     ]  # fmt: skip
     env = {**os.environ, "PREFECT_API_URL": stack.api_url}
+    wrong = subprocess.run(
+        [*command, "--notify", "nowhere"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert wrong.returncode == 1 and "no block named 'nowhere'" in wrong.stderr
+    assert "': " not in wrong.stdout, "refused before changing anything"
     first, second = (
         subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd="/")
         for _ in range(2)
