@@ -17,7 +17,7 @@ from uuid import UUID
 
 import httpx
 import pytest
-from prefect_server import ServerStack
+from stack import ServerStack
 
 from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, expected_quantities, product_id
 from devstack.local_stack import (
