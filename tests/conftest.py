@@ -18,7 +18,7 @@ from postgres import PostgresServer
 
 from sandbox.server import SandboxServer
 
-SERVER_FIXTURES = frozenset({"prefect_api", "postgres", "server_stack"})
+SERVER_FIXTURES = frozenset({"prefect_api", "postgres", "server_stack", "unattended"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

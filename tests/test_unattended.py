@@ -16,21 +16,13 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import psutil
 import pytest
 from stack import ServerStack
 
 from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, expected_quantities, product_id
-from devstack.local_stack import (
-    EVERY_15_MINUTES,
-    WORK_POOL,
-    LocalStack,
-    ManagedProcess,
-    ProcessId,
-    descendants,
-    free_port,
-    is_running,
-    port_in_use,
-)
+from devstack.local_stack import EVERY_15_MINUTES, WORK_POOL, LocalStack
+from devstack.processes import ManagedProcess, descendants, free_port, is_running, port_in_use
 from sandbox.server import Fault
 from tasks.server_setup import (
     FAILED,
@@ -144,7 +136,7 @@ def _state(stack: ServerStack, flow_run_id: UUID) -> Any:
 # processes
 
 
-def _kill_worker_and_its_runs(worker: ManagedProcess) -> set[ProcessId]:
+def _kill_worker_and_its_runs(worker: ManagedProcess) -> set[psutil.Process]:
     """SIGKILL the worker's process group and every flow run's, as a lost machine would."""
     assert worker.pid is not None
     family = descendants(worker.pid)
