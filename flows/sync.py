@@ -100,7 +100,7 @@ def inventory_sync(
         )
         catalog = catalog_read.frame
 
-        checked = check_rows_task(extracted.rows(), catalog)
+        checked = check_rows_task(extracted.feeds, catalog)
         plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
         check_payload_task(plan.payload, catalog)
         changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)

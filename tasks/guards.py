@@ -142,13 +142,14 @@ def _last_good(
     warehouse: WarehouseBase, mark: FeedMark | None, store: StateStore, now: datetime
 ) -> tuple[Feed | None, str]:
     """The warehouse's last good feed, if there is one and it is itself within max_age."""
-    rows = store.last_good_rows(warehouse.name) if mark is not None else None
-    if mark is None or rows is None:
+    kept = store.last_good_rows(warehouse.name) if mark is not None else None
+    if mark is None or kept is None:
         return None, "there is no last good feed yet (run it once with every warehouse)"
     too_old = stale_reason(warehouse, mark.source, mark.modified_at, None, now)
     if too_old:
         return None, f"the last good feed is stale too: {too_old}"
-    return Feed(warehouse.name, mark.source, rows, 0, mark.modified_at), ""
+    rows, first_line = kept
+    return Feed(warehouse.name, mark.source, rows, 0, mark.modified_at, first_line), ""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import polars as pl
 
 from tasks.run_lock import StateBusy as StateBusy  # what exclusive() raises
 from tasks.run_lock import adopt, run_lock, say_who_holds
-from tasks.sources.feed import Feed
+from tasks.sources.feed import FEED_SCHEMA, Feed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pushed (
@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS marks (
 );
 """
 READ_BACK_NEXT_PAGE = "read_back_next_page"
+FIRST_LINE = "first_line"  # in a snapshot's Parquet metadata: the line of its first row
 LAST_PUSHED_SCHEMA = {"id": pl.String, "last_quantity": pl.Int64}
 
 
@@ -189,11 +190,10 @@ class StateStore:
             for name, modified, source, run in rows
         }
 
-    def record_good_feed(
-        self, warehouse: str, modified_at: datetime, source: str, rows: pl.DataFrame, run: str
-    ) -> None:
+    def record_good_feed(self, feed: Feed, run: str) -> None:
         """After a successful run: remember the feed's age and keep its rows as the last good one."""
-        self._write_snapshot(warehouse, rows)
+        warehouse, modified_at, source = feed.warehouse, feed.modified_at, feed.source
+        self._write_snapshot(warehouse, feed.rows, feed.first_line)
         with self._connect() as db:
             db.execute(
                 "INSERT INTO feeds (warehouse, modified_at, source, run, recorded_at) "
@@ -206,7 +206,7 @@ class StateStore:
     def record_good_feeds(self, feeds: Iterable[Feed], run: str) -> None:
         """Remember every feed of a successful run (see record_good_feed)."""
         for feed in feeds:
-            self.record_good_feed(feed.warehouse, feed.modified_at, feed.source, feed.rows, run)
+            self.record_good_feed(feed, run)
 
     # the catalog kept between runs, and a refresh that survives a kill
 
@@ -312,20 +312,27 @@ class StateStore:
             ).fetchone()
         return int(total)
 
-    def last_good_rows(self, warehouse: str) -> pl.DataFrame | None:
+    def last_good_rows(self, warehouse: str) -> tuple[pl.DataFrame, int] | None:
+        """The rows of the warehouse's last good feed, and the line its first row came from."""
         path = self._snapshot_path(warehouse)
-        return pl.read_parquet(path) if path.exists() else None
+        if not path.exists():
+            return None
+        rows = pl.read_parquet(path)
+        first_line = pl.read_parquet_metadata(path).get(FIRST_LINE)
+        if first_line is None:  # written before feeds kept only their texts
+            first_line = str(rows["line"][0]) if rows.height and "line" in rows.columns else "1"
+        return rows.select(list(FEED_SCHEMA)), int(first_line)
 
     def _snapshot_path(self, warehouse: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", warehouse)[:40]
         digest = hashlib.sha1(warehouse.encode()).hexdigest()[:8]
         return self.snapshots / f"{safe}-{digest}.parquet"
 
-    def _write_snapshot(self, warehouse: str, rows: pl.DataFrame) -> None:
+    def _write_snapshot(self, warehouse: str, rows: pl.DataFrame, first_line: int) -> None:
         self.snapshots.mkdir(exist_ok=True)
         final = self._snapshot_path(warehouse)
         temporary = final.with_suffix(".parquet.tmp")
-        rows.write_parquet(temporary)
+        rows.write_parquet(temporary, metadata={FIRST_LINE: str(first_line)})
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, final)

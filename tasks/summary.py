@@ -171,7 +171,7 @@ def summarize(
                 name=f.warehouse,
                 source=f.source,
                 rows=f.rows.height,
-                skus=f.rows["sku_text"].str.strip_chars().drop_nulls().n_unique(),
+                skus=checked.skus.get(f.warehouse, 0),
                 bytes=f.bytes_read,
                 seconds=round(extracted.seconds.get(f.warehouse, 0.0), 3),
                 modified_at=f.modified_at.isoformat(timespec="seconds"),

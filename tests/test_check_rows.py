@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tasks.checks.payload import PayloadInvalid, check_payload
 from tasks.checks.rows import check_rows
 from tasks.checks.suites import SUITES_DIR
+from tasks.sources.feed import FEED_SCHEMA, Feed
 
 pytestmark = pytest.mark.fast
 
@@ -23,23 +25,13 @@ CATALOG = pl.DataFrame(
 )
 
 
-def feed(*pairs: tuple[str | None, str | None]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "warehouse": ["east"] * len(pairs),
-            "source": ["east.csv"] * len(pairs),
-            "line": list(range(2, len(pairs) + 2)),
-            "sku_text": [p[0] for p in pairs],
-            "quantity_text": [p[1] for p in pairs],
-        },
-        schema={
-            "warehouse": pl.String,
-            "source": pl.String,
-            "line": pl.Int64,
-            "sku_text": pl.String,
-            "quantity_text": pl.String,
-        },
-    ).with_row_index("row_id")
+def feed(*pairs: tuple[str | None, str | None]) -> list[Feed]:
+    """One warehouse, east.csv, whose rows start on line 2."""
+    rows = pl.DataFrame(
+        {"sku_text": [p[0] for p in pairs], "quantity_text": [p[1] for p in pairs]},
+        schema=FEED_SCHEMA,
+    )
+    return [Feed("east", "east.csv", rows, 0, datetime.now(UTC), first_line=2)]
 
 
 @pytest.mark.parametrize(
@@ -56,7 +48,7 @@ def feed(*pairs: tuple[str | None, str | None]) -> pl.DataFrame:
 )
 def test_integer_quantities_count(text, quantity):
     checked = check_rows(feed(("A", text)), CATALOG)
-    assert checked.good["quantity"].to_list() == [quantity]
+    assert checked.on_hand["quantity"].to_list() == [quantity]
     assert checked.flagged.height == 0
 
 
@@ -78,13 +70,13 @@ def test_unusable_quantity_quarantines_the_row_and_holds_the_sku(text, reason):
     checked = check_rows(feed(("A", text), ("A", "5"), ("B", "1")), CATALOG)
     assert checked.flagged.select("line", "reason", "action").rows() == [(2, reason, "hold")]
     assert checked.held_skus.to_list() == ["A"]
-    assert checked.good.select("sku", "quantity").rows() == [("A", 5), ("B", 1)]
+    assert checked.on_hand.select("sku", "quantity").sort("sku").rows() == [("A", 5), ("B", 1)]
 
 
 def test_negative_quantity_is_reported_but_counts():
     checked = check_rows(feed(("A", "-3")), CATALOG)
     assert checked.flagged.select("reason", "action").rows() == [("negative quantity", "report")]
-    assert checked.good["quantity"].to_list() == [-3]
+    assert checked.on_hand["quantity"].to_list() == [-3]
     assert checked.held_skus.len() == 0
 
 
@@ -94,13 +86,13 @@ def test_empty_sku_is_quarantined(sku):
     assert checked.flagged.select("line", "reason", "action").rows() == [
         (2, "empty SKU", "quarantine")
     ]
-    assert checked.good["sku"].to_list() == ["A"]
+    assert checked.on_hand["sku"].to_list() == ["A"]
 
 
 def test_sku_is_trimmed_and_unicode_kept():
     checked = check_rows(feed(("  ÜBER-1 ", "2"), ("A\t", "1")), CATALOG)
     assert checked.flagged.height == 0
-    assert checked.good["sku"].to_list() == ["ÜBER-1", "A"]
+    assert sorted(checked.on_hand["sku"]) == ["A", "ÜBER-1"]
 
 
 def test_unknown_sku_is_quarantined_not_held():
