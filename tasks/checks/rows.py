@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import polars as pl
 from prefect import get_run_logger, task
@@ -276,15 +277,17 @@ def _no_stock(warehouses: pl.Enum) -> pl.DataFrame:
     return pl.DataFrame(schema={"warehouse": warehouses, "sku": pl.String, "quantity": pl.Int64})
 
 
+def scan_feeds(feeds: Sequence[Feed], shortcut: bool = True) -> list[FeedScan]:
+    """Scan every feed; row ids run across the feeds in their order, as in the run's reports."""
+    offsets = accumulate((feed.rows.height for feed in feeds), initial=0)
+    return [scan_feed(feed, at, shortcut) for feed, at in zip(feeds, offsets, strict=False)]
+
+
 def check_rows(feeds: Sequence[Feed], catalog: pl.DataFrame) -> CheckedRows:
     """Parse and validate every feed's rows; sum the rows that count per warehouse and SKU."""
-    offsets = [0]
-    for feed in feeds:
-        offsets.append(offsets[-1] + feed.rows.height)
-    checked = judge([scan_feed(f, at) for f, at in zip(feeds, offsets, strict=False)], catalog)
+    checked = judge(scan_feeds(feeds), catalog)
     if checked is None:  # the suite refused a value taken as plain: no shortcut then
-        scans = [scan_feed(f, at, shortcut=False) for f, at in zip(feeds, offsets, strict=False)]
-        checked = judge(scans, catalog)
+        checked = judge(scan_feeds(feeds, shortcut=False), catalog)
         assert checked is not None  # no plain values, nothing the suite could refuse
     return checked
 
