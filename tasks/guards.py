@@ -142,13 +142,13 @@ def _last_good(
     warehouse: WarehouseBase, mark: FeedMark | None, store: StateStore, now: datetime
 ) -> tuple[Feed | None, str]:
     """The warehouse's last good feed, if there is one and it is itself within max_age."""
-    kept = store.last_good_rows(warehouse.name) if mark is not None else None
-    if mark is None or kept is None:
+    rows = store.last_good_rows(warehouse.name) if mark is not None else None
+    if mark is None or rows is None:
         return None, "there is no last good feed yet (run it once with every warehouse)"
     too_old = stale_reason(warehouse, mark.source, mark.modified_at, None, now)
     if too_old:
         return None, f"the last good feed is stale too: {too_old}"
-    rows, first_line = kept
+    first_line = store.last_good_first_line(warehouse.name)
     return Feed(warehouse.name, mark.source, rows, 0, mark.modified_at, first_line), ""
 
 
