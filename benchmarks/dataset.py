@@ -19,6 +19,7 @@ AMBIGUOUS_EVERY = 50_000  # one vendorSku carried by two catalog products per th
 NO_SKU_EVERY = 100_000  # one tracked product without a vendorSku per this many
 BAD_ROW_SHARE = 0.0001  # of rows, for each kind of bad row (empty SKU, unknown SKU, "abc", ...)
 FORMAT = 2  # bump when the files change shape, so cached data sets are made again
+DEFAULT_ROOT = Path("/tmp/inventory-sync-bench")  # where data sets are generated and kept
 
 
 @dataclass(frozen=True)

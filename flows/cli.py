@@ -41,7 +41,9 @@ def run(
     warehouse: list[str] = typer.Option(
         [], "--warehouse", "-w", help="sync only this warehouse (repeatable)"
     ),
-    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1, help="products per PUT"),
+    chunk_size: int | None = typer.Option(
+        None, "--chunk-size", min=1, help="products per chunk (task run)"
+    ),
     approve_large_changes: bool = typer.Option(
         False, "--approve-large-changes", help="send even if the change guard trips"
     ),

@@ -27,7 +27,7 @@ from tasks.errors import SyncError, log_sync_errors_without_traceback
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.client import retry_policy
-from tasks.lightspeed.load import load
+from tasks.lightspeed.load import chunk_size_for, load
 from tasks.lightspeed.read_back import audited_share, read_back
 from tasks.publish import emit_run_event, publish_artifacts, write_files
 from tasks.reconcile import reconcile_task
@@ -76,7 +76,9 @@ def inventory_sync(
         full: Send every product, not only those that changed since the last push.
         warehouses: Read only these warehouses (by name); the others count with their last good
             feed, so no product gets a partial sum. Empty: read all warehouses.
-        chunk_size: Products per PUT for this run only. Empty: lightspeed.chunk_size.
+        chunk_size: Products per chunk (one task run each) for this run only; they are sent in
+            PUTs of lightspeed.request_size. Empty: lightspeed.chunk_size, else a size that
+            keeps the run to about 200 chunks.
         approve_large_changes: Send even if the change guard trips (after a stock count, say).
         refresh_catalog: Read the whole catalog from the API now, not the one kept between
             runs (a full run always does): for products added or re-flagged since.
@@ -100,7 +102,7 @@ def inventory_sync(
         )
         catalog = catalog_read.frame
 
-        checked = check_rows_task(extracted.rows(), catalog)
+        checked = check_rows_task(extracted.feeds, catalog)
         plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
         check_payload_task(plan.payload, catalog)
         changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)
@@ -117,7 +119,8 @@ def inventory_sync(
 
         summary = summarize(
             run, dry_run, extracted, checked, plan, changes, outcome,
-            chunk_size=api.chunk_size, read_back=audit, notes=stale_notes, guard=guard,
+            chunk_size=chunk_size_for(changes.to_send.height, api), request_size=api.request_size,
+            read_back=audit, notes=stale_notes, guard=guard,
             catalog=catalog_read, audited=audited_share(store, catalog.height),
         )  # fmt: skip
         summary.files = write_files(summary, checked, changes, outcome, settings.report.dir)

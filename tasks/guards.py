@@ -148,7 +148,8 @@ def _last_good(
     too_old = stale_reason(warehouse, mark.source, mark.modified_at, None, now)
     if too_old:
         return None, f"the last good feed is stale too: {too_old}"
-    return Feed(warehouse.name, mark.source, rows, 0, mark.modified_at), ""
+    first_line = store.last_good_first_line(warehouse.name)
+    return Feed(warehouse.name, mark.source, rows, 0, mark.modified_at, first_line), ""
 
 
 @dataclass(frozen=True)

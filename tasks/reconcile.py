@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import polars as pl
@@ -13,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.checks.rows import CheckedRows
 from tasks.lightspeed.contract import MAX_QUANTITY
 from tasks.sources.warehouse import WarehouseBase
+from tasks.text_columns import is_duplicated
 
 # What happens to each catalog product this run, in order of precedence.
 HELD_AMBIGUOUS = "held: vendorSku on several catalog products"
@@ -34,21 +36,23 @@ STATUSES = (
     HELD_TOO_LARGE,
 )
 SENT_STATUSES = (PUSHED, ZEROED_ABSENT)
+STATUS = pl.Enum(STATUSES)  # a byte per product rather than a string
+CATALOG_ROW = "catalog_row"  # which catalog row a product was planned from
 
 
 @dataclass(frozen=True)
 class Plan:
     """Every catalog product with its new quantity (if any) and what happens to it."""
 
-    products: pl.DataFrame  # id, vendorSku, quantity (Int64, null if not sent), status
+    products: pl.DataFrame  # id, vendorSku, quantity (Int64, null if not sent), status, catalog_row
 
-    @property
+    @cached_property
     def payload(self) -> pl.DataFrame:
-        """The products to send: id, vendorSku, quantity, sorted by SKU for readable chunks."""
+        """The products to send: id, vendorSku, quantity (and catalog_row), sorted by SKU."""
         return (
             self.products.filter(pl.col("status").is_in(SENT_STATUSES))
-            .select("id", "vendorSku", "quantity")
-            .sort("vendorSku", "id", nulls_last=True)
+            .select("id", "vendorSku", "quantity", CATALOG_ROW)
+            .sort("vendorSku", "id", nulls_last=True)  # readable chunks: SKU ranges
         )
 
     def counts(self) -> dict[str, int]:
@@ -56,26 +60,33 @@ class Plan:
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
 
-def stock_by_sku(good_rows: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
-    """Sum bins per warehouse, hold back safety stock (floor 0), then sum warehouses per SKU."""
-    reserve = pl.DataFrame(
-        {"warehouse": list(safety_stock), "safety_stock": list(safety_stock.values())},
-        schema={"warehouse": pl.String, "safety_stock": pl.Int64},
-    )
+def sum_bins(rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per warehouse and SKU: its rows (bins) summed."""
     return (
-        good_rows.lazy()
+        rows.lazy()
         .group_by("warehouse", "sku")
-        .agg(pl.col("quantity").sum().alias("on_hand"))
-        .join(reserve.lazy(), on="warehouse", how="left")
-        .with_columns(
-            (pl.col("on_hand") - pl.col("safety_stock").fill_null(0))
-            .clip(lower_bound=0)
-            .alias("available")
-        )
-        .group_by("sku")
-        .agg(pl.col("available").sum().alias("available"))
+        .agg(pl.col("quantity").sum())
         .collect(engine="streaming")  # half the eager engine's time on 9M rows, 2 cores
     )
+
+
+def available_by_sku(on_hand: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
+    """Per warehouse and SKU (bins already summed): hold back safety stock, floor 0, add up."""
+    reserve = pl.col("warehouse").replace_strict(
+        list(safety_stock), list(safety_stock.values()), default=0, return_dtype=pl.Int64
+    )
+    return (
+        on_hand.lazy()
+        .select("sku", (pl.col("quantity") - reserve).clip(lower_bound=0).alias("available"))
+        .group_by("sku")
+        .agg(pl.col("available").sum())
+        .collect(engine="streaming")
+    )
+
+
+def stock_by_sku(good_rows: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
+    """Sum bins per warehouse, hold back safety stock (floor 0), then sum warehouses per SKU."""
+    return available_by_sku(sum_bins(good_rows), safety_stock)
 
 
 def plan_updates(
@@ -86,26 +97,28 @@ def plan_updates(
 ) -> Plan:
     """Join stock to the catalog and decide, per product, what to send and why."""
     sku = pl.col("vendorSku")
-    ambiguous = sku.is_not_null() & (pl.len().over("vendorSku") > 1)
+    ambiguous = sku.is_not_null() & pl.col("repeated")
     listed = pl.col("available").is_not_null()
     products = (
-        catalog.join(stock, left_on="vendorSku", right_on="sku", how="left")
+        catalog.with_columns(is_duplicated(catalog["vendorSku"]).alias("repeated"))
+        .with_row_index(CATALOG_ROW)
+        .join(stock, left_on="vendorSku", right_on="sku", how="left")
         .with_columns(
             pl.when(ambiguous)
-            .then(pl.lit(HELD_AMBIGUOUS))
+            .then(pl.lit(HELD_AMBIGUOUS, STATUS))
             .when(~pl.col("tracked"))
-            .then(pl.lit(NOT_TRACKED))
+            .then(pl.lit(NOT_TRACKED, STATUS))
             .when(sku.is_null())
-            .then(pl.lit(HELD_NO_SKU))
+            .then(pl.lit(HELD_NO_SKU, STATUS))
             .when(sku.is_in(held_skus.implode()))
-            .then(pl.lit(HELD_BAD_ROWS))
+            .then(pl.lit(HELD_BAD_ROWS, STATUS))
             .when(listed & (pl.col("available") > MAX_QUANTITY))
-            .then(pl.lit(HELD_TOO_LARGE))
+            .then(pl.lit(HELD_TOO_LARGE, STATUS))
             .when(listed)
-            .then(pl.lit(PUSHED))
+            .then(pl.lit(PUSHED, STATUS))
             .when(pl.lit(absent == "zero"))
-            .then(pl.lit(ZEROED_ABSENT))
-            .otherwise(pl.lit(KEPT_ABSENT))
+            .then(pl.lit(ZEROED_ABSENT, STATUS))
+            .otherwise(pl.lit(KEPT_ABSENT, STATUS))
             .alias("status")
         )
         .with_columns(
@@ -116,7 +129,7 @@ def plan_updates(
             .cast(pl.Int64)
             .alias("quantity")
         )
-        .select("id", "vendorSku", "quantity", "status")
+        .select("id", "vendorSku", "quantity", "status", CATALOG_ROW)
     )
     return Plan(products)
 
@@ -132,6 +145,17 @@ def reconcile(
     return plan_updates(stock_by_sku(good_rows, safety_stock), held_skus, catalog, absent)
 
 
+def reconcile_checked(
+    checked: CheckedRows,
+    catalog: pl.DataFrame,
+    safety_stock: Mapping[str, int],
+    absent: Literal["zero", "keep"],
+) -> Plan:
+    """The same rules over checked rows, whose bins are already summed per warehouse and SKU."""
+    stock = available_by_sku(checked.on_hand, safety_stock)
+    return plan_updates(stock, checked.held_skus, catalog, absent)
+
+
 @task(name="reconcile", cache_policy=NO_CACHE)
 def reconcile_task(
     checked: CheckedRows,
@@ -141,7 +165,7 @@ def reconcile_task(
 ) -> Plan:
     """Apply the rules and log how many products land in each outcome."""
     safety_stock = {w.name: w.safety_stock for w in warehouses}
-    plan = reconcile(checked.good, checked.held_skus, catalog, safety_stock, absent)
+    plan = reconcile_checked(checked, catalog, safety_stock, absent)
     logger = get_run_logger()
     for status, count in plan.counts().items():
         if count:

@@ -45,13 +45,14 @@ class RunSummary:
     to_send: int  # after the delta: products that changed (or all, in a full run)
     unchanged: int = 0
     full: bool = False
-    chunks: int = 0
+    chunks: int = 0  # task runs of the load
+    request_size: int = 0  # products per PUT at most
     chunks_accepted: int = 0
     chunks_failed: int = 0
     attempts: int = 0
     products_sent: int = 0
     products_not_landed: int = 0
-    requests: int = 0
+    requests: int = 0  # PUT calls, splits included
     rejected: dict[str, str] = field(default_factory=dict)  # id -> why the API refused it
     drifted: list[str] = field(default_factory=list)  # "SKU (id): pushed X, platform has Y"
     notes: list[str] = field(default_factory=list)  # stale feeds replaced, guard decisions
@@ -76,7 +77,7 @@ class RunSummary:
         verdict = "OK" if self.ok else "FAILED"
         sent = "would send" if self.dry_run else f"sent {self.products_sent} of"
         return (
-            f"{verdict}: {sent} {self.to_send} product(s) in {self.chunks} chunk(s); "
+            f"{verdict}: {sent} {self.to_send} product(s) in {self.chunks} chunk(s) (task runs); "
             f"{sum(self.rows_flagged.values())} row flag(s), {self.skus_held} SKU(s) held, "
             f"{len(self.rejected)} rejected by the API, "
             f"{self.products_not_landed} product(s) did not land"
@@ -114,7 +115,10 @@ class RunSummary:
             )
         out += [f"Note: {note}" for note in self.notes]
         if self.dry_run:
-            out.append(f"Would send {self.to_send} product(s) in {self.chunks} chunk(s).")
+            out.append(
+                f"Would send {self.to_send} product(s) in {self.chunks} chunk(s) (task runs), "
+                f"in PUT requests of up to {self.request_size} products."
+            )
             if self.diff:
                 out.append(f"Biggest changes (first {len(self.diff)}; old → new):")
                 out += [f"  {line}" for line in self.diff]
@@ -123,7 +127,8 @@ class RunSummary:
             out.append(
                 f"Sent {self.products_sent} of {self.to_send} product(s): "
                 f"{self.chunks_accepted} of {self.chunks} chunk(s) accepted, "
-                f"{self.attempts} attempt(s) ({self.retries} retried), {self.requests} request(s)."
+                f"{self.attempts} attempt(s) ({self.retries} retried); "
+                f"{self.requests} PUT request(s) of up to {self.request_size} products."
             )
         if self.waited_seconds >= 0.05:
             out.append(f"Waited {self.waited_seconds:.1f}s for room in the platform's rate limit.")
@@ -154,6 +159,7 @@ def summarize(
     outcome: LoadOutcome | None,
     *,
     chunk_size: int,
+    request_size: int,
     read_back: ReadBack | str | None,
     notes: list[str],
     guard: ChangeGuard,
@@ -171,7 +177,7 @@ def summarize(
                 name=f.warehouse,
                 source=f.source,
                 rows=f.rows.height,
-                skus=f.rows["sku_text"].str.strip_chars().drop_nulls().n_unique(),
+                skus=checked.skus.get(f.warehouse, 0),
                 bytes=f.bytes_read,
                 seconds=round(extracted.seconds.get(f.warehouse, 0.0), 3),
                 modified_at=f.modified_at.isoformat(timespec="seconds"),
@@ -187,6 +193,7 @@ def summarize(
         unchanged=changes.unchanged,
         full=changes.full,
         chunks=-(-changes.to_send.height // chunk_size),
+        request_size=min(request_size, chunk_size),
         notes=list(notes),
     )
     if guard.tripped:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tasks.checks import suites
 from tasks.checks.payload import PayloadInvalid, check_payload
-from tasks.checks.rows import check_rows
+from tasks.checks.rows import SUITE, CheckedRows, check_rows, judge, scan_feeds
 from tasks.checks.suites import SUITES_DIR
+from tasks.reconcile import CATALOG_ROW
+from tasks.sources.feed import FEED_SCHEMA, Feed
 
 pytestmark = pytest.mark.fast
 
@@ -23,23 +29,16 @@ CATALOG = pl.DataFrame(
 )
 
 
-def feed(*pairs: tuple[str | None, str | None]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "warehouse": ["east"] * len(pairs),
-            "source": ["east.csv"] * len(pairs),
-            "line": list(range(2, len(pairs) + 2)),
-            "sku_text": [p[0] for p in pairs],
-            "quantity_text": [p[1] for p in pairs],
-        },
-        schema={
-            "warehouse": pl.String,
-            "source": pl.String,
-            "line": pl.Int64,
-            "sku_text": pl.String,
-            "quantity_text": pl.String,
-        },
-    ).with_row_index("row_id")
+NOW = datetime.now(UTC)
+
+
+def feed(*pairs: tuple[str | None, str | None]) -> list[Feed]:
+    """One warehouse, east.csv, whose rows start on line 2."""
+    rows = pl.DataFrame(
+        {"sku_text": [p[0] for p in pairs], "quantity_text": [p[1] for p in pairs]},
+        schema=FEED_SCHEMA,
+    )
+    return [Feed("east", "east.csv", rows, 0, NOW, first_line=2)]
 
 
 @pytest.mark.parametrize(
@@ -56,7 +55,7 @@ def feed(*pairs: tuple[str | None, str | None]) -> pl.DataFrame:
 )
 def test_integer_quantities_count(text, quantity):
     checked = check_rows(feed(("A", text)), CATALOG)
-    assert checked.good["quantity"].to_list() == [quantity]
+    assert checked.on_hand["quantity"].to_list() == [quantity]
     assert checked.flagged.height == 0
 
 
@@ -78,13 +77,13 @@ def test_unusable_quantity_quarantines_the_row_and_holds_the_sku(text, reason):
     checked = check_rows(feed(("A", text), ("A", "5"), ("B", "1")), CATALOG)
     assert checked.flagged.select("line", "reason", "action").rows() == [(2, reason, "hold")]
     assert checked.held_skus.to_list() == ["A"]
-    assert checked.good.select("sku", "quantity").rows() == [("A", 5), ("B", 1)]
+    assert checked.on_hand.select("sku", "quantity").sort("sku").rows() == [("A", 5), ("B", 1)]
 
 
 def test_negative_quantity_is_reported_but_counts():
     checked = check_rows(feed(("A", "-3")), CATALOG)
     assert checked.flagged.select("reason", "action").rows() == [("negative quantity", "report")]
-    assert checked.good["quantity"].to_list() == [-3]
+    assert checked.on_hand["quantity"].to_list() == [-3]
     assert checked.held_skus.len() == 0
 
 
@@ -94,13 +93,13 @@ def test_empty_sku_is_quarantined(sku):
     assert checked.flagged.select("line", "reason", "action").rows() == [
         (2, "empty SKU", "quarantine")
     ]
-    assert checked.good["sku"].to_list() == ["A"]
+    assert checked.on_hand["sku"].to_list() == ["A"]
 
 
 def test_sku_is_trimmed_and_unicode_kept():
     checked = check_rows(feed(("  ÜBER-1 ", "2"), ("A\t", "1")), CATALOG)
     assert checked.flagged.height == 0
-    assert checked.good["sku"].to_list() == ["ÜBER-1", "A"]
+    assert sorted(checked.on_hand["sku"]) == ["A", "ÜBER-1"]
 
 
 def test_unknown_sku_is_quarantined_not_held():
@@ -173,3 +172,72 @@ def test_payload_suite_stops_a_missing_id_and_a_fractional_quantity():
     fractional = pl.DataFrame({"id": ["a"], "vendorSku": ["A"], "quantity": [1.5]})
     with pytest.raises(PayloadInvalid, match="quantity is not an integer"):
         check_payload(fractional, PAYLOAD_CATALOG)
+
+
+QUANTITY_TEXTS = [
+    "12",
+    " 12 ",
+    "12.0",
+    "+7",
+    "007",
+    "-3",
+    "0",
+    "abc",
+    "1e3",
+    "",
+    None,
+    "2147483648",
+]
+SKU_TEXTS = ["A", " A", "B", "ÜBER-1", "NOPE", "", "  ", None]
+
+
+def judged_the_long_way(feeds: list[Feed]) -> CheckedRows:
+    """check_rows without the plain-row shortcut: every row parsed by the rules, judged by GX."""
+    checked = judge(scan_feeds(feeds, shortcut=False), CATALOG)
+    assert checked is not None
+    return checked
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(SKU_TEXTS), st.sampled_from(QUANTITY_TEXTS)), max_size=12
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_the_plain_row_shortcut_changes_nothing(warehouses):
+    feeds = [
+        Feed(f"w{n}", f"w{n}.csv", pl.DataFrame(rows, schema=FEED_SCHEMA, orient="row"), 0, NOW, 2)
+        for n, rows in enumerate(warehouses)
+    ]
+    fast, slow = check_rows(feeds, CATALOG), judged_the_long_way(feeds)
+    assert fast.on_hand.sort("warehouse", "sku").equals(slow.on_hand.sort("warehouse", "sku"))
+    assert fast.flagged.equals(slow.flagged)
+    assert fast.held_skus.equals(slow.held_skus)
+    assert fast.skus == slow.skus
+
+
+def test_the_suite_decides_even_for_plain_rows(monkeypatch):
+    """A stricter suite (at most 10 units a row) flags a quantity polars read as plain."""
+    spec = json.loads(json.dumps(suites.load_suite(SUITE)))
+    [limit] = [e for e in spec["expectations"] if e["meta"]["reason"] == "quantity out of range"]
+    limit["kwargs"]["max_value"] = 10
+    monkeypatch.setattr(suites, "load_suite", lambda name: spec if name == SUITE else {})
+    checked = check_rows(feed(("A", "20"), ("B", "5")), CATALOG)
+    assert checked.flagged.select("line", "reason").rows() == [(2, "quantity out of range")]
+    assert checked.on_hand.select("sku", "quantity").rows() == [("B", 5)]
+    assert checked.held_skus.to_list() == ["A"]
+
+
+def test_a_planned_payload_is_checked_against_the_catalog_rows_it_names():
+    planned = payload(["a", "b"], [1, 1]).with_columns(
+        pl.Series(CATALOG_ROW, [0, 1], dtype=pl.UInt32)
+    )
+    check_payload(planned, PAYLOAD_CATALOG)
+    for rows in ([0, 0], [0, 7], [0, None]):  # another row's id, no such row, none named
+        wrong = planned.with_columns(pl.Series(CATALOG_ROW, rows, dtype=pl.UInt32))
+        with pytest.raises(PayloadInvalid, match="product id not in the catalog"):
+            check_payload(wrong, PAYLOAD_CATALOG)

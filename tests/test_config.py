@@ -37,7 +37,12 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_and_paths_relative_to_the_config_file(tmp_path):
     settings = load_settings(write(tmp_path, GOOD), environ={})
     assert settings.lightspeed.base_url == "https://api.example.test"
-    assert (settings.lightspeed.chunk_size, settings.lightspeed.max_concurrency) == (500, 4)
+    lightspeed = settings.lightspeed
+    assert (lightspeed.request_size, lightspeed.chunk_size, lightspeed.max_concurrency) == (
+        500,
+        None,
+        4,
+    )
     assert settings.catalog.source == "api" and settings.catalog.absent == "zero"
     wh = settings.warehouses[0]
     assert wh.path == str(tmp_path / "conf" / "feeds/east-*.csv")

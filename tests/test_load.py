@@ -1,4 +1,4 @@
-"""One bad item never blocks a chunk: send_isolating against a fake PUT /inventory (MockTransport)."""
+"""One bad item never blocks a request: send_isolating against a fake PUT /inventory (MockTransport)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ from pydantic import SecretStr
 
 from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.client import FatalError, LightspeedClient, RetryableError, TooLarge
-from tasks.lightspeed.load import ChunkFailure, ChunkResult, LoadOutcome, send_isolating
+from tasks.lightspeed.load import (
+    ChunkFailure,
+    ChunkResult,
+    LoadOutcome,
+    RequestOutcome,
+    send_isolating,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -80,14 +86,14 @@ def chunk(n: int) -> pl.DataFrame:
     )
 
 
-def send(server: FakeInventory, n: int) -> tuple[int, dict[str, str], int, list[list[str]]]:
-    """send_isolating over chunk(n); also the ids of each part it reported as accepted."""
+def send(server: FakeInventory, n: int) -> tuple[RequestOutcome, list[list[str]]]:
+    """send_isolating over chunk(n) as request 1; also the ids of each part it reported landed."""
     accepted_parts: list[list[str]] = []
     with lightspeed(server) as client:
-        accepted, rejected, requests = send_isolating(
-            client, chunk(n), lambda part: accepted_parts.append(part["id"].to_list())
+        outcome = send_isolating(
+            client, 1, chunk(n), lambda part: accepted_parts.append(part["id"].to_list())
         )
-    return accepted, rejected, requests, accepted_parts
+    return outcome, accepted_parts
 
 
 def ids(*numbers: int) -> list[str]:
@@ -145,14 +151,15 @@ def ids(*numbers: int) -> list[str]:
             [ids(0)],
             0,
             {"p0": UNNAMED_MESSAGE},
-            id="a chunk of one refused unexplained: that one item is rejected",
+            id="a request of one refused unexplained: that one item is rejected",
         ),
     ],
 )
 def test_what_lands_and_what_is_rejected(server, n, calls, accepted, rejected):
-    got_accepted, got_rejected, requests, parts = send(server, n)
+    outcome, parts = send(server, n)
     assert server.calls == calls
-    assert (got_accepted, got_rejected, requests) == (accepted, rejected, len(calls))
+    assert (outcome.accepted, outcome.rejected, outcome.calls) == (accepted, rejected, len(calls))
+    assert outcome.error is None
     assert sorted(i for part in parts for i in part) == sorted(server.held)
     expected = {i: q for i, q in chunk(n).select("id", "quantity").iter_rows() if i not in rejected}
     assert server.held == expected
@@ -160,29 +167,28 @@ def test_what_lands_and_what_is_rejected(server, n, calls, accepted, rejected):
 
 def test_a_422_for_every_product_naming_none_is_not_blamed_on_the_items():
     server = FakeInventory(unnamed=set(ids(0, 1, 2)))
-    with pytest.raises(FatalError) as raised:
-        send(server, 3)
-    assert str(raised.value) == (
-        "PUT /inventory: HTTP 422 for every one of the chunk's 3 products, without naming any: "
-        f"not an item problem (last: {UNNAMED_MESSAGE})"
+    outcome, _ = send(server, 3)
+    assert isinstance(outcome.error, FatalError)
+    assert str(outcome.error) == (
+        "PUT /inventory: HTTP 422 for every one of the request's 3 products, without naming "
+        f"any: not an item problem (last: {UNNAMED_MESSAGE})"
     )
-    assert raised.value.status == 422 and server.held == {}
+    assert outcome.error.status == 422 and server.held == {}
 
 
-def test_a_single_product_too_large_for_the_api_fails_the_chunk():
+def test_a_single_product_too_large_for_the_api_fails_the_request():
     server = FakeInventory(cap=0)
-    with pytest.raises(TooLarge):
-        send(server, 1)
+    outcome, _ = send(server, 1)
+    assert isinstance(outcome.error, TooLarge)
     assert server.calls == [ids(0)]
 
 
-def test_a_transient_error_propagates_after_the_parts_that_landed_were_reported():
+def test_a_transient_error_ends_the_request_after_the_parts_that_landed_were_reported():
     server = FakeInventory(cap=2, unavailable_for={"p3"})
-    accepted_parts: list[list[str]] = []
-    with lightspeed(server) as client, pytest.raises(RetryableError, match="HTTP 503 try later"):
-        send_isolating(client, chunk(4), lambda part: accepted_parts.append(part["id"].to_list()))
+    outcome, accepted_parts = send(server, 4)
+    assert isinstance(outcome.error, RetryableError) and "HTTP 503 try later" in str(outcome.error)
     assert accepted_parts == [ids(0, 1)]  # committed already, so a retry need not resend them
-    assert server.held == {"p0": 10, "p1": 11}
+    assert outcome.accepted == 2 and server.held == {"p0": 10, "p1": 11}
 
 
 ROLES = st.sampled_from(["good", "named", "unnamed"])
@@ -196,11 +202,12 @@ def test_every_product_either_lands_or_is_rejected_never_both(roles: list[str], 
     unnamed = {f"p{i}" for i, role in enumerate(roles) if role == "unnamed"}
     good = {f"p{i}" for i, role in enumerate(roles) if role == "good"}
     server = FakeInventory(cap=cap, named=named, unnamed=unnamed)
+    outcome, parts = send(server, n)
     if len(unnamed) == n > 1:
-        with pytest.raises(FatalError):
-            send(server, n)
+        assert isinstance(outcome.error, FatalError)
         return
-    accepted, rejected, requests, parts = send(server, n)
+    assert outcome.error is None
+    accepted, rejected, requests = outcome.accepted, outcome.rejected, outcome.calls
     landed = [i for part in parts for i in part]
     assert len(landed) == len(set(landed)) == accepted  # nothing reported twice
     assert set(landed) == good == set(server.held)  # every accepted product was good, and sent
@@ -226,12 +233,12 @@ def test_the_outcome_adds_up_chunks_attempts_and_what_did_not_land():
     outcome = LoadOutcome(
         chunks=3,
         accepted=[
-            ChunkResult(1, "1/3", products=4, attempts=1, requests=1),
-            ChunkResult(3, "3/3", products=2, attempts=2, requests=3, rejected={"r": "why"}),
+            ChunkResult(1, "1/3", products=4, attempts=1),
+            ChunkResult(3, "3/3", products=2, attempts=2, rejected={"r": "why"}),
         ],
         failed=[failure(2, "a", "b", attempts=6)],
     )
     assert (outcome.products_sent, outcome.products_failed) == (6, 2)
-    assert (outcome.attempts, outcome.requests) == (1 + 2 + 6, 4)
+    assert outcome.attempts == 1 + 2 + 6
     assert outcome.rejected == {"r": "why"}
     assert outcome.not_landed_ids == {"a", "b", "r"}

@@ -27,8 +27,9 @@ def csv_wh(path: Path | str, **extra) -> CsvWarehouse:
 
 
 def read(path: Path, data: bytes, **extra) -> pl.DataFrame:
+    """The feed's rows with the line each came from."""
     path.write_bytes(data)
-    return read_feed(csv_wh(path, **extra)).rows
+    return read_feed(csv_wh(path, **extra)).numbered()
 
 
 def test_values_are_read_as_text_with_line_numbers(tmp_path):
@@ -37,7 +38,7 @@ def test_values_are_read_as_text_with_line_numbers(tmp_path):
         ("A", "007", 2),
         ("B", "3.0", 3),
     ]
-    assert rows["warehouse"].unique().to_list() == ["east"]
+    assert read_feed(csv_wh(tmp_path / "f.csv")).warehouse == "east"
 
 
 def test_utf8_bom_and_crlf(tmp_path):

@@ -18,7 +18,7 @@ def test_parquet_numbers_become_text_for_the_checks(tmp_path):
     wh = ParquetWarehouse(
         name="north", kind="parquet", path=str(path), sku_column="code", quantity_column="on_hand"
     )
-    rows = read_feed(wh).rows
+    rows = read_feed(wh).numbered()
     assert rows.select("sku_text", "quantity_text", "line").rows() == [
         ("A", "3", 1),
         ("B", "-1", 2),

@@ -68,7 +68,7 @@ def test_reads_the_newest_matching_file_with_the_csv_options(sftp, outbound):
     drop(outbound, "other.csv", "Artikel;Bestand\nNOT-MATCHED;9\n")
     wh = warehouse(sftp, sku_column="Artikel", quantity_column="Bestand", delimiter=";")
     feed = read_sftp_feed(wh.model_copy(update={"encoding": "cp1252"}), GOOD)
-    assert feed.rows.select("sku_text", "quantity_text", "line").rows() == [
+    assert feed.numbered().select("sku_text", "quantity_text", "line").rows() == [
         ("SÜSS", "4", 2),
         ("B", None, 3),
     ]

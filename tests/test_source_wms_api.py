@@ -69,7 +69,7 @@ def warehouse(wms: WmsServer, style: str = "cursor", **extra: object) -> HttpWar
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_each_pagination_style_reads_every_record_once_as_text(wms, style):
     feed = read_http_feed(warehouse(wms, style), KEY)
-    assert feed.rows.select("line", "sku_text", "quantity_text").rows() == [
+    assert feed.numbered().select("line", "sku_text", "quantity_text").rows() == [
         (1, "A", "5"),
         (2, "B", "12.0"),  # the number as the server wrote it, not re-rendered
         (3, "C", None),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,15 +31,9 @@ def pushed(store: StateStore) -> dict[str, int]:
 
 
 def feed_rows(warehouse: str, *skus: str) -> pl.DataFrame:
+    """A feed's rows, as every source gives them: the two texts."""
     return pl.DataFrame(
-        {
-            "warehouse": [warehouse] * len(skus),
-            "source": ["east.csv"] * len(skus),
-            "line": list(range(2, 2 + len(skus))),
-            "sku_text": list(skus),
-            "quantity_text": ["1"] * len(skus),
-        },
-        schema=FEED_SCHEMA,
+        {"sku_text": list(skus), "quantity_text": ["1"] * len(skus)}, schema=FEED_SCHEMA
     )
 
 
@@ -65,8 +61,8 @@ def test_landed_in_run_names_only_that_runs_products(tmp_path):
     assert store.landed_in_run(["a", "b", "c", "zz"], "run-1") == {"a", "b"}
     assert store.landed_in_run(pl.Series(["a", "c"]), "run-2") == {"c"}
     assert store.landed_in_run([], "run-1") == set()
-    store.commit(landed(a=9), run="run-2")  # a retry in run-2 landed a again
-    assert store.landed_in_run(["a", "b"], "run-1") == {"b"}
+    store.commit(landed(a=9), run="run-2")  # run-2 landed a again
+    assert store.landed_in_run(["a", "b"], "run-1") == {"a", "b"}  # run-1 did land both
 
 
 def test_forget_drops_only_the_named_products(tmp_path):
@@ -95,8 +91,8 @@ def test_a_good_feed_leaves_its_mark_and_its_rows(tmp_path):
 def test_every_feed_of_a_run_is_recorded(tmp_path):
     store = StateStore(tmp_path)
     feeds = [
-        Feed("east", "east.csv", feed_rows("east", "A"), 10, MONDAY),
-        Feed("west", "west.parquet", feed_rows("west", "B", "C"), 20, TUESDAY),
+        Feed("east", "east.csv", feed_rows("east", "A"), 10, MONDAY, first_line=2),
+        Feed("west", "west.parquet", feed_rows("west", "B", "C"), 20, TUESDAY, first_line=1),
     ]
     store.record_good_feeds(feeds, run="run-1")
     assert {name: mark.modified_at for name, mark in store.feed_marks().items()} == {
@@ -104,6 +100,7 @@ def test_every_feed_of_a_run_is_recorded(tmp_path):
         "west": TUESDAY,
     }
     assert store.last_good_rows("west")["sku_text"].to_list() == ["B", "C"]
+    assert (store.last_good_first_line("east"), store.last_good_first_line("west")) == (2, 1)
 
 
 @pytest.mark.parametrize(
@@ -211,3 +208,47 @@ def test_the_read_back_rotation_and_what_it_audited(tmp_path):
     assert store.audited_since(TUESDAY) == 100
     store.record_audit({1: 250}, next_page=2, now=TUESDAY)  # page 1 again: counted once
     assert store.audited_since(MONDAY) == 600 and store.audited_since(TUESDAY) == 350
+
+
+def test_the_log_of_landed_requests_folds_into_the_snapshot(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(landed(a=1, b=2), run="run-1")
+    store.forget(["b"])
+    store.commit(landed(b=7, c=0), run="run-2")
+    assert pushed(store) == {"a": 1, "b": 7, "c": 0}  # read through the log before any fold
+    assert store.fold_pushed() == 3 and store.fold_pushed() == 0
+    assert pushed(StateStore(tmp_path)) == {"a": 1, "b": 7, "c": 0}
+    store.forget(["a"])
+    store.fold_pushed()
+    assert pushed(store) == {"b": 7, "c": 0}
+
+
+def test_rows_an_older_version_kept_are_read_and_folded_in(tmp_path):
+    store = StateStore(tmp_path)
+    with closing(sqlite3.connect(store.path)) as db, db:
+        db.executemany(
+            "INSERT INTO pushed VALUES (?, ?, ?, ?)", [("a", 1, "t", "old"), ("b", 2, "t", "old")]
+        )
+    assert pushed(store) == {"a": 1, "b": 2}
+    store.commit(landed(b=3), run="new")
+    store.fold_pushed()
+    assert pushed(store) == {"a": 1, "b": 3}
+    with closing(sqlite3.connect(store.path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM pushed").fetchone() == (0,)
+
+
+def test_a_snapshot_an_older_version_wrote_with_line_numbers_still_loads(tmp_path):
+    store = StateStore(tmp_path)
+    store.record_good_feed("east", MONDAY, "east.csv", feed_rows("east", "A"), "r", first_line=2)
+    [path] = (tmp_path / "snapshots").iterdir()
+    pl.DataFrame(
+        {
+            "warehouse": ["east"],
+            "source": ["e.csv"],
+            "line": [5],
+            "sku_text": ["A"],
+            "quantity_text": ["1"],
+        }
+    ).write_parquet(path)
+    assert store.last_good_rows("east").columns == ["sku_text", "quantity_text"]
+    assert store.last_good_first_line("east") == 5

@@ -25,17 +25,8 @@ MONDAY = datetime(2026, 11, 23, 6, 30, tzinfo=UTC)
 
 
 def feed(warehouse: str, source: str, skus: list[str | None], size: int) -> Feed:
-    rows = pl.DataFrame(
-        {
-            "warehouse": warehouse,
-            "source": source,
-            "line": list(range(2, 2 + len(skus))),
-            "sku_text": skus,
-            "quantity_text": "1",
-        },
-        schema=FEED_SCHEMA,
-    )
-    return Feed(warehouse, source, rows, size, MONDAY)
+    rows = pl.DataFrame({"sku_text": skus, "quantity_text": "1"}, schema=FEED_SCHEMA)
+    return Feed(warehouse, source, rows, size, MONDAY, first_line=2)
 
 
 EXTRACTED = Extracted(
@@ -46,7 +37,7 @@ EXTRACTED = Extracted(
     seconds={"east": 0.3012},  # north: not timed
 )
 CHECKED = CheckedRows(
-    good=pl.DataFrame(),
+    on_hand=pl.DataFrame(),
     flagged=pl.DataFrame(
         [
             (1, "negative quantity", "report"),
@@ -58,6 +49,7 @@ CHECKED = CheckedRows(
         orient="row",
     ),
     held_skus=pl.Series(["B"]),
+    skus={"east": 2, "north": 1},  # what check_rows counts: east lists A (twice) and B
 )
 PLAN = Plan(
     pl.DataFrame(
@@ -88,7 +80,7 @@ def outcome() -> LoadOutcome:
     return LoadOutcome(
         chunks=2,
         accepted=[
-            ChunkResult(1, "1/2 A…B (2 products)", 1, 2, 2, {"b": "quantity too large"}),
+            ChunkResult(1, "1/2 A…B (2 products)", 1, 2, {"b": "quantity too large"}),
         ],
         failed=[
             ChunkFailure(
@@ -102,6 +94,7 @@ def outcome() -> LoadOutcome:
                 ),
             )
         ],
+        requests=2,
     )
 
 
@@ -138,6 +131,7 @@ def real_run(**overrides) -> RunSummary:
     arguments = {
         "outcome": outcome(),
         "chunk_size": 2,
+        "request_size": 500,
         "read_back": READ_BACK,
         "notes": ["west: not read in this run; used its last good feed instead"],
         "guard": QUIET_GUARD,
@@ -216,7 +210,7 @@ Changed since the last push: 4; unchanged (not sent): 2.
 Note: west: not read in this run; used its last good feed instead
 Note: catalog: 1 product no longer listed
 Note: 1 row(s) name a SKU the catalog does not know; it was refreshed 2.0h ago, so a product added since gets its quantity after the next refresh (--refresh-catalog refreshes now)
-Sent 1 of 4 product(s): 1 of 2 chunk(s) accepted, 8 attempt(s) (6 retried), 2 request(s).
+Sent 1 of 4 product(s): 1 of 2 chunk(s) accepted, 8 attempt(s) (6 retried); 2 PUT request(s) of up to 2 products.
 Waited 0.8s for room in the platform's rate limit.
 Read-back: 2 page(s), 40 product(s) compared (1 of the 1 sent this run), 1 GET(s) retried; 25% of the catalog audited in the last 24 h
 Rejected by the API and quarantined for this run: 1
@@ -238,7 +232,8 @@ def test_a_failed_run_renders_on_one_screen():
 def test_a_dry_run_shows_the_biggest_changes_and_what_the_guard_would_ask():
     summary = summarize(
         "calm-heron", True, EXTRACTED, CHECKED, PLAN, CHANGES, None,
-        chunk_size=3, read_back=None, notes=[], guard=TRIPPED_GUARD, diff_lines_shown=2,
+        chunk_size=3, request_size=500, read_back=None, notes=[], guard=TRIPPED_GUARD,
+        diff_lines_shown=2,
     )  # fmt: skip
     assert summary.diff == ["D (d): 20 → 0", "A (a): 9 → 5"]
     assert summary.diff_totals == "4 product(s) change; their units go from 32 to 9"
@@ -251,7 +246,7 @@ def test_a_dry_run_shows_the_biggest_changes_and_what_the_guard_would_ask():
     assert text[-7:] == [
         "Note: change guard: 1 of 3 in-stock products to zero, units 32 → 30 "
         "(a real run would ask for approval)",
-        "Would send 4 product(s) in 2 chunk(s).",
+        "Would send 4 product(s) in 2 chunk(s) (task runs), in PUT requests of up to 3 products.",
         "Biggest changes (first 2; old → new):",
         "  D (d): 20 → 0",
         "  A (a): 9 → 5",
@@ -264,7 +259,8 @@ def test_a_full_run_that_was_approved_and_could_not_read_back():
     full = replace(CHANGES, unchanged=0, full=True)
     summary = summarize(
         "bold-lynx", False, EXTRACTED, CHECKED, PLAN, full, LoadOutcome(chunks=1),
-        chunk_size=500, read_back="read-back failed: HTTP 503", notes=[], guard=TRIPPED_GUARD,
+        chunk_size=500, request_size=500, read_back="read-back failed: HTTP 503", notes=[],
+        guard=TRIPPED_GUARD,
     )  # fmt: skip
     lines = summary.render().splitlines()
     assert "Full run: all 4 product(s) to send, changed or not." in lines
@@ -295,18 +291,18 @@ def bare(**fields) -> RunSummary:
     [
         (
             {},
-            "OK: sent 0 of 0 product(s) in 0 chunk(s); 0 row flag(s), 0 SKU(s) held, "
+            "OK: sent 0 of 0 product(s) in 0 chunk(s) (task runs); 0 row flag(s), 0 SKU(s) held, "
             "0 rejected by the API, 0 product(s) did not land",
         ),
         (
             {"dry_run": True, "to_send": 7, "chunks": 2, "rows_flagged": {"x": 2, "y": 1}},
-            "OK: would send 7 product(s) in 2 chunk(s); 3 row flag(s), 0 SKU(s) held, "
+            "OK: would send 7 product(s) in 2 chunk(s) (task runs); 3 row flag(s), 0 SKU(s) held, "
             "0 rejected by the API, 0 product(s) did not land",
         ),
         (
             {"to_send": 9, "chunks": 3, "chunks_failed": 1, "products_sent": 6, "skus_held": 2,
              "products_not_landed": 3, "rejected": {"a": "bad"}},
-            "FAILED: sent 6 of 9 product(s) in 3 chunk(s); 0 row flag(s), 2 SKU(s) held, "
+            "FAILED: sent 6 of 9 product(s) in 3 chunk(s) (task runs); 0 row flag(s), 2 SKU(s) held, "
             "1 rejected by the API, 3 product(s) did not land",
         ),
     ],

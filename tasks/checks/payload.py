@@ -7,6 +7,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.checks.suites import ROW_ID, validate_distinct
+from tasks.reconcile import CATALOG_ROW
+from tasks.text_columns import is_duplicated
 
 SUITE = "payload"
 
@@ -15,14 +17,29 @@ class PayloadInvalid(Exception):
     """The outgoing payload broke the payload suite; nothing was sent."""
 
 
+def in_catalog(payload: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series:
+    """Whether each payload id is a catalog id (null for a null id).
+
+    A planned payload names the catalog row each product came from: the id must be that
+    row's, which proves it is in the catalog without keying a million ids. Any other payload
+    is looked up.
+    """
+    ids = payload["id"]
+    if CATALOG_ROW not in payload.columns or catalog.height == 0:
+        return ids.is_in(catalog["id"].implode())
+    rows = payload[CATALOG_ROW].cast(pl.Int64)
+    found = rows.is_between(0, catalog.height - 1).fill_null(False)
+    return (catalog["id"].gather(rows.set(~found, 0)) == ids) & found
+
+
 def check_payload(payload: pl.DataFrame, catalog: pl.DataFrame) -> None:
     """Raise PayloadInvalid, naming each failed expectation and example ids, if the suite fails."""
     # GX checks flags computed here, not the 1M id strings it would hash and copy; the flags
     # are row-by-row, so it sees each distinct combination once (see validate_distinct)
     frame = payload.with_row_index(ROW_ID).with_columns(
         pl.col("id").is_not_null().alias("id_is_present"),
-        pl.col("id").is_in(catalog["id"].implode()).fill_null(True).alias("id_in_catalog"),
-        (~pl.col("id").is_duplicated() | pl.col("id").is_null()).alias("id_is_unique"),
+        in_catalog(payload, catalog).fill_null(True).alias("id_in_catalog"),
+        (~is_duplicated(payload["id"]) | pl.col("id").is_null()).alias("id_is_unique"),
     )
     failures = [o for o in validate_distinct(frame, SUITE) if not o.success]
     if not failures:

@@ -1,8 +1,17 @@
-"""Parse every warehouse row in polars and flag bad ones with the GX rows suite."""
+"""Parse every warehouse row in polars and flag bad ones with the GX rows suite.
+
+Most rows are plain: a quantity polars reads as an integer in 0..MAX_QUANTITY and a SKU the
+catalog knows. Those are summed per SKU straight from the feed, and GX sees only the distinct
+values they take. Every other row (a quantity that needs the rules, an empty or unknown SKU)
+is parsed with the rules' expressions and validated by GX row by row, so the suite still
+names it. If GX ever refuses a value taken as plain, every row is judged the long way.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import polars as pl
 from prefect import get_run_logger, task
@@ -10,25 +19,63 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.checks.suites import Outcome, validate_distinct
 from tasks.lightspeed.contract import MAX_QUANTITY
+from tasks.sources.feed import Feed
+from tasks.text_columns import needs_trimming
 
 SUITE = "warehouse_rows"
 INTEGER_TEXT = r"^[+-]?[0-9]+(\.0+)?$"
 DROPPING_ACTIONS = ("quarantine", "hold")
 FLAG_SCHEMA = {"row_id": pl.UInt32, "reason": pl.String, "action": pl.String}
+FLAGGED_COLUMNS = (
+    "row_id", "warehouse", "source", "line", "sku_text", "quantity_text", "reason", "action"
+)  # fmt: skip
+# polars reads "[+-]?[0-9]+" as an integer and nothing else: a subset of INTEGER_TEXT, with
+# the same value, so a row it reads within range needs none of the rules' parsing
+PLAIN_QUANTITY = pl.col("quantity_text").cast(pl.Int64, strict=False)
 
 
 @dataclass(frozen=True)
 class CheckedRows:
-    """The rows that count, the rows that were flagged, and SKUs held back this run."""
+    """What counts (summed per warehouse and SKU), the rows that were flagged, SKUs held back."""
 
-    good: pl.DataFrame  # warehouse, sku, quantity (Int64), for every row that counts
+    on_hand: (
+        pl.DataFrame
+    )  # warehouse (Enum), sku, quantity: the bins of the rows that count, summed
     flagged: pl.DataFrame  # one row per (row, reason): where it came from, what it said, why
     held_skus: pl.Series  # SKUs with at least one unusable quantity: nothing pushed for them
+    skus: dict[str, int]  # warehouse -> distinct SKUs its feed lists
 
 
-def parse_rows(rows: pl.DataFrame, catalog_skus: pl.Series) -> pl.DataFrame:
+@dataclass(frozen=True)
+class FeedScan:
+    """One pass over a feed: plain rows summed per SKU text; the rest kept for the rules."""
+
+    feed: Feed
+    offset: int  # the run-wide row_id of the feed's first row
+    keys: pl.DataFrame  # sku_text, quantity (its plain rows'), rows (all): every text once
+    others: pl.DataFrame  # index, sku_text, quantity_text: the rows that are not plain
+    plain_values: pl.Series  # the distinct quantities of its plain rows
+    shortcut: bool  # False: no row was taken as plain, all are in `others`
+    trimmed: bool  # some SKU text has whitespace to trim (then two texts can be one SKU)
+
+    @property
+    def plain(self) -> pl.Expr:
+        """Whether a row (from its quantity_text) was summed as plain."""
+        return PLAIN_QUANTITY.is_between(0, MAX_QUANTITY).fill_null(False) & self.shortcut
+
+    @property
+    def sku(self) -> pl.Expr:
+        """The SKU a text stands for: trimmed, and null where nothing is left."""
+        text = pl.col("sku_text")
+        if self.trimmed:
+            text = text.str.strip_chars()
+        return pl.when(text != "").then(text).alias("sku")
+
+
+def parse_rows(rows: pl.DataFrame, sku_known: pl.Expr) -> pl.DataFrame:
     """Add the columns the suite checks: trimmed SKU, parsed quantity, one flag per rule.
 
+    `sku_known` says, from the column "sku", whether the catalog has that SKU.
     The suite sees only null-free flags and the number, never the text: GX converts what it
     checks to pandas and hashes it, which costs seconds per million strings. Each flag is
     true where its rule does not apply, so a row fails exactly the rules it did before.
@@ -58,12 +105,77 @@ def parse_rows(rows: pl.DataFrame, catalog_skus: pl.Series) -> pl.DataFrame:
             .alias("quantity"),
             # a missing quantity or SKU is its own rule's, not these two's
             pl.col("quantity_is_integer").fill_null(True),
-            pl.col("sku")
-            .is_in(catalog_skus.drop_nulls().unique().implode())
-            .fill_null(True)
-            .alias("sku_in_catalog"),
+            sku_known.fill_null(True).alias("sku_in_catalog"),
         )
-        .drop("quantity_trimmed", "digits")  # millions of strings no later step reads
+        .drop("quantity_trimmed", "digits")
+    )
+
+
+def scan_feed(feed: Feed, offset: int, shortcut: bool = True) -> FeedScan:
+    """Sum the plain rows per SKU text in one pass; keep the others (all, without the shortcut)."""
+    plain = PLAIN_QUANTITY.is_between(0, MAX_QUANTITY).fill_null(False) & shortcut
+    rows = feed.rows.lazy()
+    # the plain quantity as a column of its own, summed by the streaming engine: half the
+    # CPU of the same sum written inside agg() on the in-memory engine
+    keys, others, values = pl.collect_all(
+        [
+            rows.select("sku_text", pl.when(plain).then(PLAIN_QUANTITY).alias("quantity"))
+            .group_by("sku_text")
+            .agg(pl.col("quantity").sum(), pl.len().cast(pl.Int64).alias("rows")),
+            rows.with_row_index("index")
+            .filter(~plain | pl.col("sku_text").is_null())
+            .select("index", "sku_text", "quantity_text"),
+            rows.filter(plain).select(PLAIN_QUANTITY.unique().alias("quantity")),
+        ],
+        engine="streaming",
+    )
+    trimmed = needs_trimming(keys["sku_text"])
+    return FeedScan(feed, offset, keys, others, values["quantity"], shortcut, trimmed)
+
+
+def _unknown_skus(scans: Sequence[FeedScan], catalog_skus: pl.Series) -> pl.Series:
+    """SKUs some feed lists that the catalog does not know (checked once per distinct SKU)."""
+    listed = pl.concat([s.keys.select(s.sku) for s in scans]).drop_nulls()
+    unknown = listed.filter(~pl.col("sku").is_in(catalog_skus.drop_nulls().implode()))
+    return unknown["sku"].unique()
+
+
+def _suspects(scan: FeedScan, unknown: pl.Series) -> pl.DataFrame:
+    """The feed's rows the rules must look at: not plain, or whose SKU is empty or unknown."""
+    sku = scan.sku
+    rare = scan.keys.filter(
+        pl.col("sku_text").is_not_null() & (sku.is_null() | sku.is_in(unknown.implode()))
+    )["sku_text"]
+    rows = scan.others
+    if rare.len():
+        extra = (
+            scan.feed.rows.with_row_index("index")
+            .filter(pl.col("sku_text").is_in(rare.implode()))
+            .select(rows.columns)
+        )
+        rows = pl.concat([rows, extra]).unique("index", keep="first").sort("index")
+    feed = scan.feed
+    return rows.select(
+        (pl.col("index") + scan.offset).cast(pl.UInt32).alias("row_id"),
+        pl.lit(feed.warehouse, pl.String).alias("warehouse"),
+        pl.lit(feed.source, pl.String).alias("source"),
+        (pl.col("index").cast(pl.Int64) + feed.first_line).alias("line"),
+        "sku_text",
+        "quantity_text",
+        "index",
+    )
+
+
+def _plain_combinations(scans: Sequence[FeedScan], first_id: int) -> pl.DataFrame:
+    """What GX sees of the plain rows: each distinct quantity once, with every flag passing."""
+    values = pl.concat([s.plain_values for s in scans]).unique().sort()
+    return pl.DataFrame({"quantity_number": values.cast(pl.Float64)}).select(
+        (pl.int_range(pl.len(), dtype=pl.UInt32) + first_id).alias("row_id"),
+        pl.lit(True).alias("sku_is_present"),
+        pl.lit(True).alias("quantity_is_present"),
+        pl.lit(True).alias("quantity_is_integer"),
+        "quantity_number",
+        pl.lit(True).alias("sku_in_catalog"),
     )
 
 
@@ -80,46 +192,117 @@ def flags_from(outcomes: list[Outcome]) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema=FLAG_SCHEMA)
 
 
-def check_rows(rows: pl.DataFrame, catalog: pl.DataFrame) -> CheckedRows:
-    """Parse, validate with GX, and split rows into those that count and those flagged."""
-    parsed = parse_rows(rows, catalog["vendorSku"])
-    flags = flags_from(validate_distinct(parsed, SUITE))
-    dropped = flags.filter(pl.col("action").is_in(DROPPING_ACTIONS))["row_id"].unique()
-    # join only the few flagged rows, never the millions: a join hashes its whole input
-    good = (
-        parsed.select("row_id", "warehouse", "sku", "quantity")
-        .filter(~pl.col("row_id").is_in(dropped.implode()))
-        .drop("row_id")
-    )
-    flagged_rows = parsed.filter(pl.col("row_id").is_in(flags["row_id"].unique().implode()))
-    flagged = (
-        flags.join(flagged_rows, on="row_id", how="left")
-        .select(
-            "row_id", "warehouse", "source", "line", "sku_text", "quantity_text", "reason", "action"
+def _on_hand(scan: FeedScan, judged: pl.DataFrame, warehouses: pl.Enum) -> pl.DataFrame:
+    """The feed's plain sums, corrected by its judged rows, per SKU: warehouse, sku, quantity.
+
+    A judged row that was summed as plain gives its quantity back; one that counts adds the
+    quantity the rules read, and one that is dropped leaves the SKU's count of rows. A SKU
+    with no row that counts is not listed at all.
+    """
+    plain = scan.plain
+    corrections = (
+        judged.select(
+            "sku_text",
+            (
+                pl.when(pl.col("counts")).then(pl.col("quantity").fill_null(0)).otherwise(0)
+                - pl.when(plain).then(PLAIN_QUANTITY).otherwise(0)
+            ).alias("change"),
+            (pl.col("counts").cast(pl.Int64) - 1).alias("row_change"),
         )
+        .group_by("sku_text")
+        .agg(pl.col("change").sum(), pl.col("row_change").sum())
+    )
+    keys = (
+        scan.keys.join(corrections, on="sku_text", how="left", nulls_equal=True)
+        .with_columns(scan.sku)
+        .filter(
+            pl.col("sku").is_not_null() & (pl.col("rows") + pl.col("row_change").fill_null(0) > 0)
+        )
+        .select("sku", (pl.col("quantity") + pl.col("change").fill_null(0)).alias("quantity"))
+    )
+    if scan.trimmed:  # " A" and "A" are one SKU
+        keys = keys.group_by("sku").agg(pl.col("quantity").sum())
+    warehouse = pl.lit(scan.feed.warehouse, pl.String).cast(warehouses)
+    return keys.select(warehouse.alias("warehouse"), "sku", "quantity")
+
+
+def _listed_skus(scan: FeedScan) -> int:
+    """How many distinct SKUs the feed lists (an empty one counts, as the summary always did)."""
+    texts = scan.keys["sku_text"].drop_nulls()
+    return texts.str.strip_chars().n_unique() if scan.trimmed else texts.len()
+
+
+def judge(scans: Sequence[FeedScan], catalog: pl.DataFrame) -> CheckedRows | None:
+    """Validate the suspects row by row and the plain values once; None if GX refuses a plain one."""
+    catalog_skus = catalog["vendorSku"]
+    unknown = _unknown_skus(scans, catalog_skus)
+    suspects = [_suspects(scan, unknown) for scan in scans]
+    parsed = parse_rows(pl.concat(suspects), ~pl.col("sku").is_in(unknown.implode()))
+    first_plain = sum(scan.feed.rows.height for scan in scans)
+    combinations = (
+        _plain_combinations(scans, first_plain) if any(s.shortcut for s in scans) else None
+    )
+    checked = parsed if combinations is None else pl.concat([parsed, combinations], how="diagonal")
+    flags = flags_from(validate_distinct(checked, SUITE))
+    if flags.filter(pl.col("row_id") >= first_plain).height:
+        return None
+    dropped = flags.filter(pl.col("action").is_in(DROPPING_ACTIONS))["row_id"].unique()
+    judged = parsed.with_columns(counts=~pl.col("row_id").is_in(dropped.implode()))
+    warehouses = pl.Enum([scan.feed.warehouse for scan in scans])
+    on_hand = [
+        _on_hand(scan, judged.filter(pl.col("warehouse") == scan.feed.warehouse), warehouses)
+        for scan in scans
+    ]
+    flagged = (
+        flags.join(parsed.select(FLAGGED_COLUMNS[:-2]), on="row_id", how="left")
+        .select(FLAGGED_COLUMNS)
         .sort("row_id", "reason")
     )
     held = (
-        flagged.filter(pl.col("action") == "hold")
-        .join(flagged_rows.select("row_id", "sku"), on="row_id")["sku"]
+        flags.filter(pl.col("action") == "hold")
+        .join(parsed.select("row_id", "sku"), on="row_id")["sku"]
         .drop_nulls()
         .unique()
         .sort()
     )
-    return CheckedRows(good=good, flagged=flagged, held_skus=held)
+    return CheckedRows(
+        on_hand=pl.concat(on_hand) if on_hand else _no_stock(warehouses),
+        flagged=flagged,
+        held_skus=held,
+        skus={scan.feed.warehouse: _listed_skus(scan) for scan in scans},
+    )
+
+
+def _no_stock(warehouses: pl.Enum) -> pl.DataFrame:
+    return pl.DataFrame(schema={"warehouse": warehouses, "sku": pl.String, "quantity": pl.Int64})
+
+
+def scan_feeds(feeds: Sequence[Feed], shortcut: bool = True) -> list[FeedScan]:
+    """Scan every feed; row ids run across the feeds in their order, as in the run's reports."""
+    offsets = accumulate((feed.rows.height for feed in feeds), initial=0)
+    return [scan_feed(feed, at, shortcut) for feed, at in zip(feeds, offsets, strict=False)]
+
+
+def check_rows(feeds: Sequence[Feed], catalog: pl.DataFrame) -> CheckedRows:
+    """Parse and validate every feed's rows; sum the rows that count per warehouse and SKU."""
+    checked = judge(scan_feeds(feeds), catalog)
+    if checked is None:  # the suite refused a value taken as plain: no shortcut then
+        checked = judge(scan_feeds(feeds, shortcut=False), catalog)
+        assert checked is not None  # no plain values, nothing the suite could refuse
+    return checked
 
 
 @task(name="check-rows", cache_policy=NO_CACHE)
-def check_rows_task(rows: pl.DataFrame, catalog: pl.DataFrame) -> CheckedRows:
+def check_rows_task(feeds: Sequence[Feed], catalog: pl.DataFrame) -> CheckedRows:
     """Run the warehouse-rows suite and log what it flagged."""
-    checked = check_rows(rows, catalog)
+    checked = check_rows(feeds, catalog)
     logger = get_run_logger()
     logger.info(
-        "%d rows checked: %d count, %d flagged, %d SKU(s) held",
-        rows.height,
-        checked.good.height,
+        "%d rows checked: %d flagged, %d SKU(s) held; %d warehouse-SKU total(s)",
+        sum(feed.rows.height for feed in feeds),
         checked.flagged["row_id"].n_unique(),
         checked.held_skus.len(),
+        checked.on_hand.height,
     )
     for reason, count in checked.flagged.group_by("reason").len().sort("reason").iter_rows():
         logger.info("  %s: %d row(s)", reason, count)

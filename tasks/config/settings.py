@@ -26,8 +26,16 @@ class LightspeedSettings(Section):
     token_secret: str | None = Field(
         None, description="Prefect Secret block holding the token; else $LIGHTSPEED_TOKEN"
     )
-    chunk_size: int = Field(500, ge=1, le=100_000, description="products per PUT /inventory")
-    max_concurrency: int = Field(4, ge=1, le=64, description="chunks in flight at once")
+    request_size: int = Field(
+        500, ge=1, le=100_000, description="products per PUT /inventory (a 413 halves it)"
+    )
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="products per chunk, one task run each; default: a run makes ≤ ~200 chunks",
+    )
+    max_concurrency: int = Field(4, ge=1, le=64, description="PUT requests in flight at once")
     per_page: int = Field(250, ge=1, le=10_000, description="products per catalog page")
     timeout_seconds: float = Field(30.0, gt=0, description="per HTTP request")
     retries: int = Field(5, ge=0, le=20, description="retries of a chunk on a transient error")
@@ -167,7 +175,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
 
 
 def apply_run_options(settings: Settings, chunk_size: int | None) -> Settings:
-    """The settings for one run, with a chunk-size override from the flow parameters."""
+    """The settings for one run, with a chunk-size override (products per task run) from the flow."""
     if not chunk_size:
         return settings
     lightspeed = settings.lightspeed.model_copy(update={"chunk_size": chunk_size})

@@ -25,6 +25,7 @@ from tasks.lightspeed.contract import BACKORDER, TRACKED, FlagError, parse_flag
 from tasks.progress import current as current_progress
 from tasks.read_retries import run_warning
 from tasks.state import KeptCatalog, RefreshProgress, StateStore
+from tasks.text_columns import is_duplicated, needs_trimming
 
 CATALOG_SCHEMA = {
     "id": pl.String,
@@ -82,17 +83,7 @@ def catalog_from_products(
 
 def catalog_from_csv(path: str) -> pl.DataFrame:
     """The catalog frame from a CSV with vendorSku,id,isInventoryTrackingEnabled,... columns."""
-    try:
-        data = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf")
-        data.decode("utf-8")  # strict: a mangled SKU would silently match nothing
-        raw = pl.read_csv(io.BytesIO(data), infer_schema=False)
-    except FileNotFoundError:
-        raise CatalogError(f"catalog file {path}: not found") from None
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise CatalogError(f"catalog file {path}: line {line} is not valid UTF-8") from None
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise CatalogError(f"catalog file {path}: cannot read: {exc}") from None
+    raw = _read_catalog_csv(path)
     raw = raw.rename({c: c.strip() for c in raw.columns})
     missing = [c for c in CSV_COLUMNS if c not in raw.columns]
     if missing:
@@ -101,37 +92,54 @@ def catalog_from_csv(path: str) -> pl.DataFrame:
             f"found {', '.join(raw.columns) or 'none'}"
         )
     # vectorised: a million-product catalog is read in about a second, not row by row
-    parsed = raw.with_row_index("line", offset=2).select(
-        "line",
-        _blank_to_null(pl.col("id")).alias("id"),
-        _blank_to_null(pl.col("vendorSku")).alias("vendorSku"),
-        _flag_expr(raw[TRACKED]).alias("tracked"),
-        _flag_expr(raw[BACKORDER]).alias("backorder"),
-        pl.col(TRACKED).alias("tracked_text"),
-        pl.col(BACKORDER).alias("backorder_text"),
+    frame = pl.DataFrame(
+        {
+            "id": _blank_to_null(raw["id"]),
+            "vendorSku": _blank_to_null(raw["vendorSku"]),
+            "tracked": _flags(raw[TRACKED]),
+            "backorder": _flags(raw[BACKORDER]),
+            "platform_quantity": pl.repeat(None, raw.height, dtype=pl.Int64, eager=True),
+        }
     )
-    empty = parsed.filter(pl.col("id").is_null())
-    if empty.height:
-        raise CatalogError(f"catalog file {path}, line {empty['line'][0]}: empty id")
+    empty = frame["id"].is_null().arg_true()
+    if empty.len():
+        raise CatalogError(f"catalog file {path}, line {empty[0] + 2}: empty id")
     for column, flag in ((TRACKED, "tracked"), (BACKORDER, "backorder")):
-        bad = parsed.filter(pl.col(flag).is_null())
-        if bad.height:
+        bad = frame[flag].is_null().arg_true()
+        if bad.len():
             raise CatalogError(
-                f"catalog file {path}, line {bad['line'][0]}, column {column}: "
-                f"not a boolean flag: {bad[f'{flag}_text'][0]!r}"
+                f"catalog file {path}, line {bad[0] + 2}, column {column}: "
+                f"not a boolean flag: {raw[column][bad[0]]!r}"
             )
-    frame = parsed.select(
-        "id", "vendorSku", "tracked", "backorder", pl.lit(None, pl.Int64).alias("platform_quantity")
-    )
     return _unique_ids(frame, f"catalog file {path}")
 
 
-def _blank_to_null(text: pl.Expr) -> pl.Expr:
-    stripped = text.str.strip_chars()
-    return pl.when(stripped != "").then(stripped)
+def _read_catalog_csv(path: str) -> pl.DataFrame:
+    """Every cell as text; the file must be UTF-8 (a mangled SKU would silently match nothing)."""
+    try:
+        data = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf")
+        if not data.isascii():  # ASCII is UTF-8 as it is; decoding would copy the whole file
+            data.decode("utf-8")
+        return pl.read_csv(io.BytesIO(data), infer_schema=False)
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file {path}: not found") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise CatalogError(f"catalog file {path}: line {line} is not valid UTF-8") from None
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise CatalogError(f"catalog file {path}: cannot read: {exc}") from None
 
 
-def _flag_expr(column: pl.Series) -> pl.Expr:
+def _blank_to_null(values: pl.Series) -> pl.Series:
+    """Trimmed, and null where nothing is left; text with nothing to trim is not copied."""
+    if needs_trimming(values):
+        values = values.str.strip_chars()
+    if (values == "").any():
+        values = values.set(values == "", None)
+    return values
+
+
+def _flags(column: pl.Series) -> pl.Series:
     """The column's flags by parse_flag, applied once per distinct text; null where it fails."""
     texts = column.fill_null("").unique().to_list()
     parsed: list[bool | None] = []
@@ -140,15 +148,11 @@ def _flag_expr(column: pl.Series) -> pl.Expr:
             parsed.append(parse_flag(text))
         except FlagError:
             parsed.append(None)
-    return (
-        pl.col(column.name)
-        .fill_null("")
-        .replace_strict(texts, parsed, default=None, return_dtype=pl.Boolean)
-    )
+    return column.fill_null("").replace_strict(texts, parsed, default=None, return_dtype=pl.Boolean)
 
 
 def _unique_ids(frame: pl.DataFrame, where: str) -> pl.DataFrame:
-    repeated = frame.filter(pl.col("id").is_duplicated())["id"].unique().to_list()
+    repeated = frame.filter(is_duplicated(frame["id"]))["id"].unique().to_list()
     if repeated:
         raise CatalogError(f"{where}: product id(s) listed twice: {', '.join(repeated[:5])}")
     return frame

@@ -113,6 +113,11 @@ class LightspeedClient:
         )
         self.reads = ReadCounts()
         self.waited_seconds = 0.0  # for room in the platform's rate-limit bucket
+        # PUTs in flight, over every chunk of the run that shares this client
+        self._put_slots = threading.BoundedSemaphore(settings.max_concurrency)
+        self._refused_at: int | None = None  # the smallest PUT the API answered 413
+        self.put_calls = 0
+        self._count = threading.Lock()
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={
@@ -164,8 +169,21 @@ class LightspeedClient:
             yield from page.products
 
     def put_inventory(self, payload: bytes) -> Accepted:
-        """PUT one chunk, already serialised as `{"products": [{"id", "quantity"}, ...]}`."""
-        return self._send("PUT", "inventory", content=payload)
+        """PUT one request, serialised as `{"products": [{"id", "quantity"}, ...]}`."""
+        with self._put_slots:
+            with self._count:
+                self.put_calls += 1
+            return self._send("PUT", "inventory", content=payload)
+
+    def may_put(self, products: int) -> bool:
+        """Whether a PUT of this many products may fit: smaller than any the API refused (413)."""
+        refused = self._refused_at
+        return refused is None or products < refused
+
+    def refused_put(self, products: int) -> None:
+        """Remember a 413, so that the run splits anything as big before sending it."""
+        if self._refused_at is None or products < self._refused_at:
+            self._refused_at = products
 
     def _read_page(self, url: str) -> ProductsPage:
         body = self._send("GET", url).body
@@ -211,7 +229,7 @@ def judge(what: str, response: httpx.Response) -> Accepted:
     if status in (401, 403):
         raise Unauthorized(message + HINTS[status], status=status)
     if status == 413:
-        raise TooLarge(message + " (lower lightspeed.chunk_size)", status=status)
+        raise TooLarge(message + " (lower lightspeed.request_size)", status=status)
     if status == 422:
         raise ItemsRejected(message, rejected=_rejected_items(body))
     raise FatalError(message, status=status)
@@ -250,7 +268,7 @@ _clients_lock = threading.Lock()
 
 
 def shared_client(settings: LightspeedSettings, token: SecretStr, run: str) -> LightspeedClient:
-    """One keep-alive client per run, shared by that run's chunk tasks' threads."""
+    """One keep-alive client per run, shared by that run's chunk tasks' threads (and their slots)."""
     key = (run, settings, token.get_secret_value())
     with _clients_lock:
         client = _clients.get(key)

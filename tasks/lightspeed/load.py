@@ -1,9 +1,17 @@
-"""Chunked PUT /inventory, one Prefect task run per chunk, retried only when it can help."""
+"""PUT /inventory in requests of up to request_size products, grouped in chunks: a task run each.
+
+A request is what the API takes in one call (its cap: 413 halves it). A chunk is what a user
+watches: one Prefect task run, retried as a whole, that sends its requests with the
+configured concurrency and records each accepted request in the state store as it lands. A
+retry of the chunk sends only the requests (or the parts of them) that did not land.
+"""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import cast
 from uuid import UUID
@@ -38,6 +46,12 @@ LOAD_STAGE = "load"  # its counts, for the CLI's progress display
 # Each update is a blocking round trip to the Prefect server; per chunk, it took 27 of the
 # 32 ms a chunk cost, so the bar moves at most once a second (and always at the end).
 PROGRESS_EVERY_SECONDS = 1.0
+# A task run costs ~5 ms of client CPU and ~40 ms of a local Prefect server's; the default
+# chunk keeps a run to about this many, whatever its size.
+MAX_TASK_RUNS = 200
+# Chunk task runs in flight: while one starts or finishes (Prefect's bookkeeping), the other
+# sends. Requests in flight are max_concurrency across both (the client's slots).
+CHUNKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -46,9 +60,8 @@ class ChunkResult:
 
     number: int
     label: str
-    products: int  # accepted
+    products: int  # landed this run, over all attempts
     attempts: int
-    requests: int
     rejected: dict[str, str] = field(default_factory=dict)  # id -> the API's reason
 
 
@@ -65,7 +78,7 @@ class ChunkFailure:
     stops_load: bool = False  # the token was refused: no further chunk can land
 
     def without(self, landed: set[str]) -> ChunkFailure:
-        """The same failure, less the products an earlier attempt did land (after a split)."""
+        """The same failure, less the products an earlier attempt (or request) did land."""
         if not landed:
             return self
         return replace(self, products=self.products.filter(~pl.col("id").is_in(list(landed))))
@@ -77,6 +90,7 @@ class LoadOutcome:
     accepted: list[ChunkResult] = field(default_factory=list)
     failed: list[ChunkFailure] = field(default_factory=list)
     waited_seconds: float = 0.0  # for room in the platform's rate-limit bucket
+    requests: int = 0  # PUT calls made, retries, splits and refusals included
 
     @property
     def products_sent(self) -> int:
@@ -97,12 +111,16 @@ class LoadOutcome:
         return {pid: why for c in self.accepted for pid, why in c.rejected.items()}
 
     @property
-    def requests(self) -> int:
-        return sum(c.requests for c in self.accepted)
-
-    @property
     def attempts(self) -> int:
         return sum(c.attempts for c in self.accepted) + sum(f.attempts for f in self.failed)
+
+
+def chunk_size_for(products: int, settings: LightspeedSettings) -> int:
+    """Products per chunk: lightspeed.chunk_size if set, else whole requests, ≤ MAX_TASK_RUNS chunks."""
+    if settings.chunk_size is not None:
+        return settings.chunk_size
+    requests = math.ceil(products / settings.request_size)
+    return settings.request_size * max(1, math.ceil(requests / MAX_TASK_RUNS))
 
 
 def split_into_chunks(payload: pl.DataFrame, size: int) -> list[pl.DataFrame]:
@@ -110,10 +128,29 @@ def split_into_chunks(payload: pl.DataFrame, size: int) -> list[pl.DataFrame]:
     return [payload.slice(start, size) for start in range(0, payload.height, size)]
 
 
+def plan_requests(chunk: pl.DataFrame, request_size: int) -> list[pl.DataFrame]:
+    """The PUTs a chunk is sent in: consecutive slices of at most request_size products."""
+    return split_into_chunks(chunk, request_size)
+
+
+def unlanded(requests: Sequence[pl.DataFrame], landed: set[str]) -> dict[int, pl.DataFrame]:
+    """Request number (from 1) → its products not yet landed, for the requests with any left."""
+    if not landed:
+        return dict(enumerate(requests, start=1))
+    done = pl.Series(list(landed), dtype=pl.String).implode()
+    left = {n: r.filter(~pl.col("id").is_in(done)) for n, r in enumerate(requests, start=1)}
+    return {n: r for n, r in left.items() if r.height}
+
+
+def sku_range(products: pl.DataFrame) -> str:
+    """`SKU-A…SKU-K (500 products)`: what a chunk or request covers, for names and logs."""
+    first, last = products["vendorSku"][0], products["vendorSku"][-1]
+    return f"{first}…{last} ({products.height} products)"
+
+
 def chunk_label(number: int, total: int, chunk: pl.DataFrame) -> str:
     """What a user sees as the task run's name: position, SKU range and size."""
-    first, last = chunk["vendorSku"][0], chunk["vendorSku"][-1]
-    return f"{number}/{total} {first}…{last} ({chunk.height} products)"
+    return f"{number}/{total} {sku_range(chunk)}"
 
 
 def chunk_body(chunk: pl.DataFrame) -> bytes:
@@ -122,24 +159,57 @@ def chunk_body(chunk: pl.DataFrame) -> bytes:
     return b'{"products":' + rows.encode() + b"}"
 
 
-def send_isolating(
-    client: LightspeedClient, chunk: pl.DataFrame, on_accepted: Callable[[pl.DataFrame], None]
-) -> tuple[int, dict[str, str], int]:
-    """PUT a chunk so that one bad item never blocks the rest.
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What became of one request of a chunk in one attempt."""
 
-    413: split in halves and send each. 422: drop the ids the response names and resend the
-    rest; when it names none, split until the bad items stand alone. If such unexplained 422s
-    end up refusing every product of the chunk, the problem is not an item: the chunk fails.
-    Returns (products accepted, rejected id -> reason, requests made). Transient errors
-    propagate for a retry.
+    number: int
+    products: pl.DataFrame  # what it was to send
+    accepted: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)
+    calls: int = 0  # HTTP calls it took (a 413 or an unexplained 422 splits it)
+    error: LightspeedError | None = None  # why (the rest of) it did not land
+    sent: bool = True  # False: not started, an earlier request stopped the chunk
+
+    def line(self, total: int) -> str:
+        """One log line: `request 3/20 SKU-A…SKU-K (250 products): 250 accepted in 1 call`."""
+        head = f"request {self.number}/{total} {sku_range(self.products)}"
+        if not self.sent:
+            return f"{head}: not sent, {self.error}"
+        done = f"{self.accepted} accepted in {self.calls} call(s)"
+        if self.rejected:
+            done += f", {len(self.rejected)} rejected"
+        return f"{head}: {done}" + (f"; the rest did not land: {self.error}" if self.error else "")
+
+
+def send_isolating(
+    client: LightspeedClient,
+    number: int,
+    products: pl.DataFrame,
+    on_accepted: Callable[[pl.DataFrame], None],
+) -> RequestOutcome:
+    """PUT one request so that one bad item never blocks the rest.
+
+    413: split in halves and send each (and, for the rest of the run, split anything as big
+    before sending it). 422: drop the ids the response names and resend the rest; when it
+    names none, split until the bad items stand alone. If such unexplained 422s end up
+    refusing every product, the problem is not an item: it fails. Any other error ends the
+    request, with what landed before it counted.
     """
-    pending, accepted, requests, unexplained = [chunk], 0, 0, 0
+    pending, accepted, calls, unexplained = [products], 0, 0, 0
     rejected: dict[str, str] = {}
+
+    def outcome(error: LightspeedError | None = None) -> RequestOutcome:
+        return RequestOutcome(number, products, accepted, rejected, calls, error)
+
     while pending:
         part = pending.pop()
         if part.height == 0:
             continue
-        requests += 1
+        if part.height > 1 and not client.may_put(part.height):
+            pending += _halves(part)
+            continue
+        calls += 1
         try:
             client.put_inventory(chunk_body(part))
         except ItemsRejected as exc:
@@ -154,26 +224,94 @@ def send_isolating(
                 rejected[part["id"][0]] = str(exc)
                 unexplained += 1
             continue
-        except TooLarge:
+        except TooLarge as exc:
+            client.refused_put(part.height)
             if part.height == 1:
-                raise
+                return outcome(exc)
             pending += _halves(part)
             continue
+        except LightspeedError as exc:
+            return outcome(exc)
         on_accepted(part)
         accepted += part.height
-    if accepted == 0 and unexplained == chunk.height > 1:
-        raise FatalError(
-            f"PUT /inventory: HTTP 422 for every one of the chunk's {chunk.height} products, "
-            f"without naming any: not an item problem (last: {next(iter(rejected.values()))})",
-            status=422,
+    if accepted == 0 and unexplained == products.height > 1:
+        return outcome(
+            FatalError(
+                f"PUT /inventory: HTTP 422 for every one of the request's {products.height} "
+                f"products, without naming any: not an item problem "
+                f"(last: {next(iter(rejected.values()))})",
+                status=422,
+            )
         )
-    return accepted, rejected, requests
+    return outcome()
 
 
 def _halves(part: pl.DataFrame) -> list[pl.DataFrame]:
     """The two halves of a part, the first half last, so that it is sent first."""
     half = part.height // 2
     return [part.slice(half), part.slice(0, half)]
+
+
+def stops_chunk(error: LightspeedError | None) -> bool:
+    """Whether a request's error means the chunk's other requests should not start now."""
+    return isinstance(error, Unauthorized) or bool(error is not None and error.retry_after)
+
+
+def send_requests(
+    client: LightspeedClient,
+    requests: dict[int, pl.DataFrame],
+    concurrency: int,
+    on_accepted: Callable[[pl.DataFrame], None],
+) -> list[RequestOutcome]:
+    """Send a chunk's requests, `concurrency` at a time, in order of their numbers.
+
+    After a 401/403 or a Retry-After, the requests not yet started are not sent (they are
+    reported as such): the token is wrong for all of them, or the API asked us to wait.
+    """
+    queue = sorted(requests.items(), reverse=True)
+    outcomes: list[RequestOutcome] = []
+    stop: LightspeedError | None = None
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(queue)))) as pool:
+        running: set[Future[RequestOutcome]] = set()
+        while queue or running:
+            while queue and stop is None and len(running) < concurrency:
+                number, products = queue.pop()
+                running.add(pool.submit(send_isolating, client, number, products, on_accepted))
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome = future.result()
+                outcomes.append(outcome)
+                if stop is None and stops_chunk(outcome.error):
+                    stop = outcome.error
+    outcomes += [RequestOutcome(n, p, error=stop, sent=False) for n, p in reversed(queue)]
+    return sorted(outcomes, key=lambda o: o.number)
+
+
+def chunk_error(outcomes: Sequence[RequestOutcome]) -> LightspeedError | None:
+    """The error the chunk's attempt fails with, if any request did not land.
+
+    401/403 first (it stops the load), then a transient error (a retry can land the rest),
+    then any other. With several requests down, the message says how many.
+    """
+    errors = [o.error for o in outcomes if o.error is not None]
+    if not errors:
+        return None
+    chosen = next(
+        (e for kind in (Unauthorized, RetryableError, LightspeedError) for e in errors
+         if isinstance(e, kind)),
+        errors[0],
+    )  # fmt: skip
+    down = sum(1 for o in outcomes if o.error is not None)
+    if down == 1:
+        return chosen
+    waits = [e.retry_after for e in errors if e.retry_after]
+    return type(chosen)(
+        f"{down} of {len(outcomes)} request(s) did not land; {chosen}",
+        status=chosen.status,
+        retry_after=max(waits) if waits else None,
+    )
 
 
 @task(name="put-chunk", task_run_name="chunk {label}", cache_policy=NO_CACHE)
@@ -186,74 +324,91 @@ def put_chunk(
     state_dir: str,
     run: str,
 ) -> ChunkResult:
-    """PUT one chunk and record what landed; on 429 wait out Retry-After, then let Prefect retry."""
+    """Send one chunk's requests and record each that lands; on 429 wait out Retry-After, then let Prefect retry."""
     attempt = task_run.run_count or 1
     logger = get_run_logger()
     store = StateStore(state_dir)
+    requests = plan_requests(chunk, settings.request_size)
+    landed_before = store.landed_in_run(chunk["id"], run) if attempt > 1 else set()
+    to_send = unlanded(requests, landed_before)
+    if attempt > 1:
+        logger.info(
+            "attempt %d: %d of %d request(s) landed earlier; sending %d",
+            attempt, len(requests) - len(to_send), len(requests), len(to_send),
+        )  # fmt: skip
     stage = current_progress().stage(LOAD_STAGE)
 
     def landed(part: pl.DataFrame) -> None:
         store.commit(part, run)
         stage.advance(items=part.height)
 
-    if attempt > 1:  # a retry: what an earlier attempt already landed is not sent again
-        chunk = chunk.filter(~pl.col("id").is_in(list(store.landed_in_run(chunk["id"], run))))
-    try:
-        accepted, rejected, requests = send_isolating(
-            shared_client(settings, token, run), chunk, landed
-        )
-    except LightspeedError as exc:
-        exc.attempts = attempt
-        will_retry = isinstance(exc, RetryableError) and attempt <= settings.retries
-        if will_retry:
-            stage.retried()
-        if will_retry and exc.retry_after:
-            wait = min(exc.retry_after, settings.max_retry_after_seconds)
-            logger.warning("attempt %d: %s; waiting Retry-After %.1fs", attempt, exc, wait)
-            time.sleep(wait)
-            stage.waited(wait)
-        else:
-            logger.warning("attempt %d: %s%s", attempt, exc, "; will retry" if will_retry else "")
-        raise
+    outcomes = send_requests(
+        shared_client(settings, token, run), to_send, settings.max_concurrency, landed
+    )
+    for outcome in outcomes:
+        (logger.warning if outcome.error else logger.info)("%s", outcome.line(len(requests)))
+    rejected = {pid: why for o in outcomes for pid, why in o.rejected.items()}
     for pid, why in rejected.items():
         logger.warning("product %s rejected by the API and quarantined for this run: %s", pid, why)
-    return ChunkResult(number, label, accepted, attempt, requests, rejected)
+    error = chunk_error(outcomes)
+    if error is not None:
+        error.attempts = attempt
+        will_retry = isinstance(error, RetryableError) and attempt <= settings.retries
+        if will_retry:
+            stage.retried()
+        if will_retry and error.retry_after:
+            wait_for = min(error.retry_after, settings.max_retry_after_seconds)
+            logger.warning("attempt %d: %s; waiting Retry-After %.1fs", attempt, error, wait_for)
+            time.sleep(wait_for)
+            stage.waited(wait_for)
+        else:
+            logger.warning("attempt %d: %s%s", attempt, error, "; will retry" if will_retry else "")
+        raise error
+    products = len(landed_before) + sum(o.accepted for o in outcomes)
+    return ChunkResult(number, label, products, attempt, rejected)
 
 
 def load(
     payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr, state_dir: str, run: str
 ) -> LoadOutcome:
-    """Send every chunk, at most max_concurrency at once; a failed chunk does not stop the others.
+    """Send every chunk, CHUNKS_IN_FLIGHT at once; a failed chunk does not stop the others.
 
     The one exception is 401/403: the token is wrong for every chunk, so no further chunk is
-    started and the ones not sent are reported as such.
+    started and the ones not sent are reported as such. When the load is done, the log of
+    landed requests is folded into the state's snapshot.
     """
+    store = StateStore(state_dir)
     try:
         outcome = _load(payload, settings, token, state_dir, run)
-        outcome.waited_seconds = shared_client(settings, token, run).waited_seconds
+        client = shared_client(settings, token, run)
+        outcome.waited_seconds, outcome.requests = client.waited_seconds, client.put_calls
     finally:
         close_shared_clients(run)
-    landed = StateStore(state_dir).landed_in_run(
+    landed = store.landed_in_run(
         pl.concat([f.products["id"] for f in outcome.failed]) if outcome.failed else [], run
     )
     outcome.failed = [f.without(landed) for f in outcome.failed]
+    store.fold_pushed()
     return outcome
 
 
 def _load(
     payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr, state_dir: str, run: str
 ) -> LoadOutcome:
-    chunks = split_into_chunks(payload, settings.chunk_size)
+    size = chunk_size_for(payload.height, settings)
+    chunks = split_into_chunks(payload, size)
     outcome = LoadOutcome(chunks=len(chunks))
     if not chunks:
         return outcome
     put = put_chunk.with_options(**retry_policy(settings))
+    per_request = min(size, settings.request_size)
     progress = cast(
         UUID,
         create_progress_artifact(
             0.0,
             key=PROGRESS_KEY,
-            description=f"{len(chunks)} chunk(s) of up to {settings.chunk_size}",
+            description=f"{len(chunks)} chunk(s) of up to {size} products, "
+            f"in requests of up to {per_request}",
         ),
     )
     stage = current_progress().start(
@@ -268,9 +423,9 @@ def _load(
     in_flight: dict[PrefectFuture[ChunkResult], tuple[int, str, pl.DataFrame]] = {}
     stop_reason = ""
     progress_at = time.monotonic()
-    with ThreadPoolTaskRunner(max_workers=settings.max_concurrency) as runner:  # type: ignore[var-annotated]
+    with ThreadPoolTaskRunner(max_workers=CHUNKS_IN_FLIGHT) as runner:  # type: ignore[var-annotated]
         while queue or in_flight:
-            while queue and not stop_reason and len(in_flight) < settings.max_concurrency:
+            while queue and not stop_reason and len(in_flight) < CHUNKS_IN_FLIGHT:
                 number, label, chunk = queue.pop()
                 parameters = {
                     "chunk": chunk,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
@@ -38,7 +38,11 @@ def read_csv_feed(warehouse: CsvWarehouse, secrets: Secrets | None = None) -> Fe
 def csv_feed(
     warehouse: CsvWarehouse | SftpWarehouse, source: str, data: bytes, modified: datetime
 ) -> Feed:
-    """Parse a CSV export's bytes: every cell as text, so nothing is coerced before the checks."""
+    """Parse a CSV export's bytes: every cell as text, so nothing is coerced before the checks.
+
+    Only the configured columns are parsed (the header is read first): a feed's other columns
+    (bins, descriptions, ...) would cost time and memory and are never looked at.
+    """
     size = len(data)
     for signature, (what, hint) in NOT_TEXT.items():
         if data.startswith(signature):
@@ -47,14 +51,16 @@ def csv_feed(
     if not data.strip():
         raise WarehouseUnreadable(warehouse.name, f"{source}: file is empty (no header row)")
     try:
-        frame = pl.read_csv(
-            io.BytesIO(data),
-            separator=warehouse.delimiter,
-            infer_schema=False,
-            has_header=True,
-        )
-        header = _header(data, warehouse.delimiter, frame.columns)
-        frame.columns = _unique(header, frame.columns)
+        parsed = _read(data, warehouse.delimiter, n_rows=0).columns
+        header = _header(data, warehouse.delimiter, parsed)
+        names = dict(zip(parsed, _unique(header, parsed), strict=True))  # polars' → ours
+        wanted = {warehouse.sku_column, warehouse.quantity_column, warehouse.timestamp_column}
+        columns = [own for own, name in names.items() if name in wanted]
+        if len(columns) == len(wanted - {None}):
+            frame = _read(data, warehouse.delimiter, columns=columns)
+        else:  # feed_frame says what is missing
+            frame = pl.DataFrame(schema=dict.fromkeys(parsed, pl.String))
+        frame = frame.rename({own: names[own] for own in frame.columns})
     except pl.exceptions.PolarsError as exc:
         raise WarehouseUnreadable(warehouse.name, f"{source}: not a readable CSV: {exc}") from None
     return feed_frame(warehouse, source, frame, size, modified, first_line=2, header=header)
@@ -73,6 +79,12 @@ def _unique(header: list[str], parsed: list[str]) -> list[str]:
     """The trimmed names, except where trimming makes two alike (polars' own name is kept)."""
     seen = Counter(header)
     return [name if seen[name] == 1 else own for name, own in zip(header, parsed, strict=True)]
+
+
+def _read(data: bytes, delimiter: str, **options: Any) -> pl.DataFrame:
+    return pl.read_csv(
+        io.BytesIO(data), separator=delimiter, infer_schema=False, has_header=True, **options
+    )
 
 
 def _as_utf8(warehouse: str, source: str, data: bytes, encoding: str) -> bytes:

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -18,7 +17,6 @@ from tasks.errors import SyncError
 from tasks.retries import retry_options
 from tasks.sources import registry
 from tasks.sources.feed import (
-    FEED_SCHEMA,
     Feed,
     Secrets,
     WarehouseUnavailable,
@@ -36,12 +34,6 @@ class Extracted:
     feeds: list[Feed]
     seconds: dict[str, float]  # per warehouse, from submit to feed in hand, retries included
     secrets: Mapping[str, Secrets] = field(default_factory=dict, repr=False)
-
-    def rows(self) -> pl.DataFrame:
-        """All warehouses' rows in one frame, each with a run-wide row_id."""
-        frames = [feed.rows for feed in self.feeds]
-        rows = pl.concat(frames) if frames else pl.DataFrame(schema=FEED_SCHEMA)
-        return rows.with_row_index("row_id")
 
 
 def read_feed(warehouse: WarehouseBase, secrets: Secrets | None = None) -> Feed:

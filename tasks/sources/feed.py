@@ -13,13 +13,7 @@ from pydantic import SecretStr
 from tasks.errors import SyncError
 from tasks.sources.warehouse import WarehouseBase
 
-FEED_SCHEMA = {
-    "warehouse": pl.String,
-    "source": pl.String,
-    "line": pl.Int64,
-    "sku_text": pl.String,
-    "quantity_text": pl.String,
-}
+FEED_SCHEMA = {"sku_text": pl.String, "quantity_text": pl.String}
 
 
 class WarehouseUnreadable(SyncError):
@@ -60,13 +54,25 @@ RECORDS_WORDING = Wording(
 
 @dataclass(frozen=True)
 class Feed:
-    """One warehouse's rows as read, before any check: every value still text."""
+    """One warehouse's rows as read, before any check: every value still text.
+
+    Where a row came from is the feed's warehouse and source and the row's position: row i is
+    line (or record) first_line + i. Only the two texts are stored per row; a warehouse, file
+    name and line number repeated on every row more than doubled a feed's memory.
+    """
 
     warehouse: str
     source: str
-    rows: pl.DataFrame  # FEED_SCHEMA
+    rows: pl.DataFrame  # FEED_SCHEMA, in the order of the source
     bytes_read: int
     modified_at: datetime
+    first_line: int  # the line or record number of the first row
+
+    def numbered(self) -> pl.DataFrame:
+        """line, sku_text, quantity_text: each row with the line (or record) it came from."""
+        return self.rows.select(
+            (pl.int_range(pl.len(), dtype=pl.Int64) + self.first_line).alias("line"), pl.all()
+        )
 
 
 def feed_frame(
@@ -80,7 +86,7 @@ def feed_frame(
     wording: Wording = FILE_WORDING,
     header: Sequence[str] | None = None,
 ) -> Feed:
-    """Pick the configured SKU and quantity columns, as text, numbered by the line they came from.
+    """Pick the configured SKU and quantity columns, as text; row i came from line first_line + i.
 
     The checks every kind shares live here: each configured column names exactly one column,
     even ignoring case and surrounding spaces; it exists; and a feed with no rows is refused
@@ -118,15 +124,12 @@ def feed_frame(
             "(set allow_empty = true for this warehouse if it really can be)",
         )
     rows = frame.select(
-        pl.lit(warehouse.name, pl.String).alias("warehouse"),
-        pl.lit(source, pl.String).alias("source"),
-        (pl.int_range(pl.len(), dtype=pl.Int64) + first_line).alias("line"),
         pl.col(warehouse.sku_column).cast(pl.String).alias("sku_text"),
         pl.col(warehouse.quantity_column).cast(pl.String).alias("quantity_text"),
     )
     if warehouse.timestamp_column and frame.height:
         modified_at = newest_timestamp(warehouse.name, source, frame[warehouse.timestamp_column])
-    return Feed(warehouse.name, source, rows, bytes_read, modified_at)
+    return Feed(warehouse.name, source, rows, bytes_read, modified_at, first_line)
 
 
 def ambiguous_columns(configured: Mapping[str, str], header: Sequence[str]) -> list[str]:
