@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -17,6 +18,10 @@ from builders import TOKEN
 from postgres import PostgresServer
 
 from sandbox.server import SandboxServer
+
+# No per-example deadline: on a shared 2-core machine a slow example is load, not a bug.
+settings.register_profile("shared-machine", deadline=None)
+settings.load_profile("shared-machine")
 
 SERVER_FIXTURES = frozenset({"prefect_api", "postgres", "server_stack", "unattended"})
 
