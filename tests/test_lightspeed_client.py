@@ -78,7 +78,7 @@ def test_a_put_carries_the_token_the_json_headers_and_the_body_as_given():
         (425, None, "", {}, RetryableError, "HTTP 425 Too Early", None),
         (401, {"error": "invalid token"}, "", {}, Unauthorized, "HTTP 401 invalid token (check the token)", None),
         (403, {"title": "forbidden"}, "", {}, Unauthorized, "HTTP 403 forbidden (the token lacks permission)", None),
-        (413, None, "", {}, TooLarge, "HTTP 413 Request Entity Too Large (lower lightspeed.chunk_size)", None),
+        (413, None, "", {}, TooLarge, "HTTP 413 Request Entity Too Large (lower lightspeed.request_size)", None),
         (400, {"error": "body is not JSON"}, "", {}, FatalError, "HTTP 400 body is not JSON", None),
         (404, None, "", {}, FatalError, "HTTP 404 Not Found", None),
         (409, {"error": 7, "message": "conflict"}, "", {}, FatalError, "HTTP 409 conflict", None),

@@ -31,6 +31,8 @@ from tasks.lightspeed.load import (
     unlanded,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def settings(**fields) -> LightspeedSettings:
     return LightspeedSettings(base_url="https://api.example.test", **fields)
