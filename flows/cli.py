@@ -13,7 +13,7 @@ import typer
 from tasks.config.errors import ConfigError
 from tasks.config.paths import state_folder
 from tasks.errors import SyncError
-from tasks.run_lock import StateBusy, lock_for_next_run
+from tasks.run_lock import StateBusy, lock_for_next_run, lock_key
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -100,8 +100,11 @@ def run_once(
             from tasks.config.settings import load_settings
 
             settings = load_settings(config)
-            if early is None or Path(settings.state.dir) != early:
-                held.enter_context(lock_for_next_run(settings.state.dir, holder))
+            from tasks.config.secrets import resolve_state
+
+            state = resolve_state(settings.state)  # a folder's file, or a shared database
+            if early is None or lock_key(early) != lock_key(state):
+                held.enter_context(lock_for_next_run(state, holder))
             return _run_flow(config, progress_every, parameters)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -283,6 +286,67 @@ def _set_up(api_url: str, options: Any) -> int:
         f"Done: runs send a heartbeat every {report.heartbeat_seconds} s and are Crashed after "
         f"{options.missed_heartbeats} missed; {alerts}."
     )
+    return EXIT_OK
+
+
+@app.command("migrate-state")
+def migrate_state(
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="the configuration whose state.url receives the state"
+    ),
+    source: str = typer.Option(
+        ..., "--from", help="the state to copy: a state.dir folder, or sqlite:///<file>"
+    ),
+    from_tenant: str = typer.Option(
+        "default", "--from-tenant", help="the tenant to copy from the source"
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="overwrite state the target already holds for its tenant"
+    ),
+) -> None:
+    """Copy a state (e.g. one machine's SQLite) into the configuration's state database.
+
+    Both states are locked meanwhile, so no sync runs on either; the source is left as it was.
+    Exit status: 0 copied; 1 refused (nothing copied); 2 bad configuration or usage; 3 a run
+    holds either state.
+    """
+    raise typer.Exit(migrate_once(config, source, from_tenant, replace))
+
+
+def migrate_once(config: Path, source: str, from_tenant: str, replace: bool) -> int:
+    """Copy the state; print what was copied; return the exit status."""
+    from tasks.config.secrets import resolve_state
+    from tasks.config.settings import load_settings
+    from tasks.state import StateLocation
+    from tasks.state.migrate import RUN_NAME, MigrationRefused, copy_tenant, opened_source
+
+    try:
+        target_location = resolve_state(load_settings(config).state)
+        source_location = StateLocation.of(source, from_tenant)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    if (source_location.url, source_location.tenant) == (
+        target_location.url,
+        target_location.tenant,
+    ):
+        typer.echo(f"error: the source is the target ({target_location})", err=True)
+        return EXIT_USAGE
+    from tasks.state import StateStore
+
+    try:
+        target = StateStore(target_location)
+        with opened_source(source_location) as origin, target.exclusive(RUN_NAME):
+            migrated = copy_tenant(origin, target, replace)
+    except MigrationRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_FAILED
+    except StateBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_BUSY
+    typer.echo(f"Copied the state of {source_location} into {target_location}:")
+    typer.echo(f"  rows: {migrated.describe()}")
+    typer.echo("Runs with this configuration now use it; the source was left unchanged.")
     return EXIT_OK
 
 
