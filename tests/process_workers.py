@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from devstack.local_stack import ManagedProcess, descendants, is_running, prefect_client
+from devstack.local_stack import prefect_client
+from devstack.processes import ManagedProcess, descendants, is_running
 
 FLOW_ENTRYPOINT = (
     "flows.sync.inventory_sync"  # a module path: the code is installed, as in an image
@@ -72,7 +73,7 @@ class Machine:
         os.kill(self.worker.pid, signal.SIGKILL)
         for member in family:
             if is_running(member):
-                os.kill(member.pid, signal.SIGKILL)
+                member.kill()
         self.worker.stop()  # reaps it and closes its log
 
     def stop(self) -> None:

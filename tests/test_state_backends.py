@@ -29,7 +29,10 @@ from tasks.state.legacy import is_legacy, snapshot_file_name
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+pytestmark = pytest.mark.fast
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
 def database(request, tmp_path) -> str:
     """A fresh state database URL: a SQLite file, or a new database on the test PostgreSQL."""
     if request.param == "sqlite":
