@@ -25,6 +25,7 @@ from tasks.config.settings import apply_run_options, load_settings, select_wareh
 from tasks.delta import plan_changes
 from tasks.errors import SyncError, log_sync_errors_without_traceback
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
+from tasks.lightspeed.account_limit import ensure_account_limit
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.client import retry_policy
 from tasks.lightspeed.load import chunk_size_for, load
@@ -90,6 +91,8 @@ def inventory_sync(
     api = settings.lightspeed
     token = resolve_token(api)
     state = resolve_state(settings.state)
+    if api.account_limit:  # requests in flight on the API account, across every run on it
+        logger.info("account limit %s", ensure_account_limit(api))
     with StateStore(state).exclusive(run) as store:  # no two runs of this tenant overlap
         catalog_future = read_catalog_task.with_options(
             **retry_policy(api, CATALOG_RETRIES)

@@ -69,8 +69,21 @@ class LightspeedSettings(Section):
     )
     get_cost: float = Field(1.0, ge=0, description="bucket units a GET costs (rate-limit pacing)")
     put_cost: float = Field(10.0, ge=0, description="bucket units a PUT costs (rate-limit pacing)")
+    account: str | None = Field(
+        None,
+        description="the API account the token belongs to; default: state.tenant. "
+        "Configurations naming one account share its account_limit",
+    )
+    account_limit: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="requests in flight at once on this account, across every run "
+        "(a Prefect global concurrency limit); none: no limit",
+    )
 
     _url = field_validator("base_url")(http_url)
+    _account = field_validator("account")(lambda v: v if v is None else check_tenant(v, "account"))
 
 
 class CatalogSettings(Section):
@@ -173,6 +186,18 @@ class Settings(Section):
     state: StateSettings = Field(default_factory=lambda: StateSettings())
     guards: GuardSettings = Field(default_factory=lambda: GuardSettings())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _account_defaults_to_tenant(cls, data: Any) -> Any:
+        """One supplier, one account, unless the file says the account is shared."""
+        if not (isinstance(data, dict) and isinstance(data.get("lightspeed"), dict)):
+            return data
+        state = data.get("state")
+        tenant = state.get("tenant") if isinstance(state, dict) else None
+        if data["lightspeed"].get("account") is None and isinstance(tenant, str):
+            data = {**data, "lightspeed": {**data["lightspeed"], "account": tenant}}
+        return data
+
     @field_validator("warehouses")
     @classmethod
     def _unique_names(cls, value: list[Any]) -> list[Any]:
@@ -181,6 +206,11 @@ class Settings(Section):
         if repeated:
             raise ValueError(f"warehouse names must be unique; repeated: {', '.join(repeated)}")
         return value
+
+
+def account_name(settings: LightspeedSettings) -> str:
+    """The API account a configuration's requests count against."""
+    return settings.account or DEFAULT_TENANT
 
 
 @cache

@@ -103,10 +103,11 @@ def normalise_url(url: str, base_dir: str | None = None) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def check_tenant(tenant: str) -> str:
+def check_tenant(tenant: str, what: str = "tenant") -> str:
+    """A tenant (or account) key: short, lowercase, safe in a file name and a limit's name."""
     if not TENANT_PATTERN.match(tenant):
         raise ValueError(
-            f"tenant {tenant!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', "
+            f"{what} {tenant!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return tenant
