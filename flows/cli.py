@@ -289,6 +289,59 @@ def _set_up(api_url: str, options: Any) -> int:
     return EXIT_OK
 
 
+@app.command("deploy-suppliers")
+def deploy_suppliers_command(
+    folder: Path = typer.Argument(..., help="the folder of supplier configurations (*.toml)"),
+    timezone: str = typer.Option("UTC", "--timezone", help="timezone of the schedules"),
+    pool_limit: int | None = typer.Option(
+        None, "--pool-limit", min=1, help="runs at once on the work pool (default: no limit)"
+    ),
+    prefect_file: Path | None = typer.Option(
+        None, "--prefect-file", help="the deployment templates (default: deployments/prefect.yaml)"
+    ),
+    worker_folder: Path | None = typer.Option(
+        None, "--worker-folder", help="where the workers see the folder, if elsewhere than here"
+    ),
+) -> None:
+    """Deploy every supplier of a folder to the Prefect server at $PREFECT_API_URL.
+
+    Each configuration gets the templates' deployments, named after its state.tenant, with its
+    own config_path and tags; each API account with lightspeed.account_limit gets its limit.
+    Exit status: 0 deployed; 1 the server refused; 2 a configuration is wrong (nothing deployed).
+    """
+    raise typer.Exit(deploy_folder(folder, timezone, pool_limit, prefect_file, worker_folder))
+
+
+def deploy_folder(
+    folder: Path,
+    timezone: str,
+    pool_limit: int | None,
+    prefect_file: Path | None,
+    worker_folder: Path | None,
+) -> int:
+    """Deploy the folder's suppliers; print what was done; return the exit status."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.suppliers import TEMPLATE_FILE, DeployFailed, deploy_suppliers
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        typer.echo("error: PREFECT_API_URL is not set: point it at your Prefect server", err=True)
+        return EXIT_USAGE
+    try:
+        deploy_suppliers(
+            api_url, folder, timezone, pool_limit, prefect_file or TEMPLATE_FILE, worker_folder,
+            say=typer.echo,
+        )  # fmt: skip
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    except DeployFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 @app.command("migrate-state")
 def migrate_state(
     config: Path = typer.Option(

@@ -1,0 +1,288 @@
+"""A folder of supplier configurations, deployed side by side on one Prefect server.
+
+One TOML file per supplier (or per Lightspeed account) in a folder. Each becomes its own pair
+of deployments (the templates of deployments/prefect.yaml, named after its tenant, with its
+config_path and tags); all keep their state in one database, apart by tenant; configurations
+on one API account share one request limit. Nothing here runs a sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config.errors import ConfigError
+from tasks.config.settings import account_name, load_settings
+from tasks.lightspeed.account_limit import limit_name
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+CONFIG_PARAMETER = "{{ $INVENTORY_SYNC_CONFIG }}"
+TIMEZONE_PARAMETER = "{{ $INVENTORY_SYNC_TIMEZONE }}"
+_EVERY_N_MINUTES = re.compile(r"^\*/(\d+)(\s.*)$")
+
+Say = Callable[[str], None]
+
+
+class DeployFailed(Exception):
+    """The server did not take the deployments; the message has the end of prefect deploy's output."""
+
+
+@dataclass(frozen=True)
+class Supplier:
+    """One configuration file of the folder, as deploying it needs to know it."""
+
+    path: Path
+    tenant: str
+    database: str
+    account: str
+    account_limit: int | None
+
+    @property
+    def tags(self) -> list[str]:
+        return [f"supplier:{self.tenant}", f"account:{self.account}"]
+
+
+def read_suppliers(folder: Path, environ: Mapping[str, str] | None = None) -> list[Supplier]:
+    """Every *.toml in the folder, validated; one error lists every file that is wrong."""
+    files = sorted(p for p in folder.glob("*.toml") if p.is_file())
+    if not files:
+        raise ConfigError(f"{folder}: no supplier configuration (*.toml) in this folder")
+    suppliers, problems = [], []
+    for path in files:
+        try:
+            settings = load_settings(path, environ={} if environ is None else environ)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        suppliers.append(
+            Supplier(
+                path.resolve(),
+                settings.state.tenant,
+                settings.state.database_url,
+                account_name(settings.lightspeed),
+                settings.lightspeed.account_limit,
+            )
+        )
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} of {len(files)} configuration(s) are invalid:\n" + "\n".join(problems)
+        )
+    check_suppliers(suppliers)
+    return suppliers
+
+
+def check_suppliers(suppliers: list[Supplier]) -> None:
+    """One tenant per file in each database, and one limit per account."""
+    problems = []
+    owners: dict[tuple[str, str], Path] = {}
+    for supplier in suppliers:
+        key = (supplier.database, supplier.tenant)
+        if key in owners:
+            problems.append(
+                f"{owners[key].name} and {supplier.path.name} both keep tenant "
+                f"{supplier.tenant!r} in {supplier.database}: give each its own state.tenant"
+            )
+        owners.setdefault(key, supplier.path)
+    limits: dict[str, set[int | None]] = {}
+    for supplier in suppliers:
+        limits.setdefault(supplier.account, set()).add(supplier.account_limit)
+    for account, found in sorted(limits.items()):
+        if len(found) > 1:
+            shown = ", ".join(sorted(str(n) for n in found))
+            problems.append(
+                f"account {account!r}: its configurations disagree on lightspeed.account_limit "
+                f"({shown}); they share one limit, so give them the same"
+            )
+    if problems:
+        raise ConfigError(
+            "the supplier configurations conflict:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def deployments_for(
+    suppliers: list[Supplier],
+    template: Path = TEMPLATE_FILE,
+    timezone: str = "UTC",
+    worker_folder: Path | None = None,
+) -> dict[str, Any]:
+    """A prefect.yaml with each template deployment once per supplier.
+
+    `worker_folder`: where the workers see the configurations' folder, if not where it is
+    here (an image or a volume mounts it elsewhere).
+    """
+    try:
+        document = yaml.safe_load(template.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the deployments template {template}: {exc}") from None
+    deployments = []
+    for supplier in suppliers:
+        config = worker_folder / supplier.path.name if worker_folder else supplier.path
+        for base in document["deployments"]:
+            deployments.append(_for_supplier(base, supplier, str(config), timezone))
+    return {**document, "deployments": deployments}
+
+
+def _for_supplier(
+    base: dict[str, Any], supplier: Supplier, config: str, timezone: str
+) -> dict[str, Any]:
+    parameters = {
+        key: (config if value == CONFIG_PARAMETER else value)
+        for key, value in (base.get("parameters") or {}).items()
+    }
+    schedules = [
+        {
+            **schedule,
+            **(
+                {"cron": staggered(schedule["cron"], supplier.tenant)} if "cron" in schedule else {}
+            ),
+            **({"timezone": timezone} if schedule.get("timezone") == TIMEZONE_PARAMETER else {}),
+        }
+        for schedule in base.get("schedules") or []
+    ]
+    return {
+        **base,
+        "name": f"{supplier.tenant}-{base['name']}",
+        "description": f"{supplier.tenant}: {base.get('description', '')}".strip(),
+        "tags": [*base.get("tags", []), *supplier.tags],
+        "parameters": parameters,
+        "schedules": schedules,
+    }
+
+
+def staggered(cron: str, tenant: str) -> str:
+    """`*/15 …` moved to a minute of its own per tenant, so fifty suppliers do not start at once."""
+    match = _EVERY_N_MINUTES.match(cron.strip())
+    if match is None:
+        return cron
+    every = int(match[1])
+    offset = int(hashlib.sha256(tenant.encode()).hexdigest(), 16) % every
+    return f"{offset}-59/{every}{match[2]}"
+
+
+def ensure_account_limits(client: Any, suppliers: list[Supplier], say: Say = print) -> None:
+    """One global concurrency limit per API account that has account_limit, set to it."""
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectNotFound
+
+    wanted = {s.account: s.account_limit for s in suppliers if s.account_limit is not None}
+    for account, limit in sorted(wanted.items()):
+        name = limit_name(account)
+        try:
+            found = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=limit)
+            )
+            say(f"concurrency limit {name!r}: created, {limit} request(s) in flight")
+            continue
+        if found.limit == limit and found.active:
+            say(f"concurrency limit {name!r}: unchanged ({limit})")
+            continue
+        client.update_global_concurrency_limit(
+            name, GlobalConcurrencyLimitUpdate(limit=limit, active=True)
+        )
+        say(f"concurrency limit {name!r}: {found.limit} → {limit}")
+
+
+@contextmanager
+def written_prefect_file(document: dict[str, Any]) -> Iterator[Path]:
+    """The generated deployments in a temporary prefect.yaml, for `prefect deploy --all`."""
+    with tempfile.TemporaryDirectory(prefix="inventory-sync-suppliers-") as folder:
+        path = Path(folder) / "prefect.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        yield path
+
+
+def register(api_url: str, prefect_file: Path, environ: Mapping[str, str] | None = None) -> None:
+    """`prefect deploy --all` from the project root: each run starts there (the pull step says so)."""
+    env = {**(os.environ if environ is None else environ), "PREFECT_API_URL": api_url}
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
+    result = subprocess.run(
+        [*command, "--prefect-file", str(prefect_file)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-30:]
+        raise DeployFailed("prefect deploy failed:\n" + "\n".join(tail))
+
+
+@dataclass(frozen=True)
+class SuppliersDeployed:
+    """What deploying a folder did: the suppliers and the deployments, by name."""
+
+    suppliers: list[Supplier]
+    deployments: list[str]
+
+
+def deploy_suppliers(
+    api_url: str,
+    folder: Path,
+    timezone: str = "UTC",
+    pool_limit: int | None = None,
+    template: Path = TEMPLATE_FILE,
+    worker_folder: Path | None = None,
+    say: Say = print,
+) -> SuppliersDeployed:
+    """Work pools, account limits and every supplier's deployments; running it again updates them."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    suppliers = read_suppliers(folder)
+    document = deployments_for(suppliers, template, timezone, worker_folder)
+    say(f"{len(suppliers)} supplier(s) in {folder}: {', '.join(s.tenant for s in suppliers)}")
+    with SyncPrefectClient(api_url) as client:
+        for pool in sorted({d["work_pool"]["name"] for d in document["deployments"]}):
+            say(f"work pool {pool!r}: {ensure_pool(client, pool, pool_limit)}")
+        ensure_account_limits(client, suppliers, say)
+    with written_prefect_file(document) as prefect_file:
+        register(api_url, prefect_file)
+    names = [d["name"] for d in document["deployments"]]
+    say(f"{len(names)} deployment(s) registered: inventory-sync/{names[0]} … /{names[-1]}")
+    return SuppliersDeployed(suppliers, names)
+
+
+def ensure_pool(client: Any, name: str, limit: int | None) -> str:
+    """A pool for many suppliers: created as a `process` pool if missing, its limit set to `limit`.
+
+    Not 1 as for one supplier: each tenant's run lock and each deployment's own limit keep one
+    supplier's runs apart; a worker's --limit bounds what one machine runs at once.
+    """
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    try:
+        pool = client.read_work_pool(name)
+    except ObjectNotFound:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type="process",
+                description="Runs inventory-sync flow runs of many suppliers as local processes.",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+                concurrency_limit=limit,
+            )
+        )
+        return f"created (type process, concurrency limit {limit or 'none'})"
+    if pool.concurrency_limit == limit:
+        return f"unchanged (type {pool.type}, concurrency limit {limit or 'none'})"
+    client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
+    return f"concurrency limit {pool.concurrency_limit or 'none'} → {limit or 'none'}"
