@@ -250,7 +250,8 @@ def deploy_suppliers(
     say(f"{len(suppliers)} supplier(s) in {folder}: {', '.join(s.tenant for s in suppliers)}")
     with SyncPrefectClient(api_url) as client:
         for pool in sorted({d["work_pool"]["name"] for d in document["deployments"]}):
-            say(f"work pool {pool!r}: {ensure_pool(client, pool, pool_limit)}")
+            creatable = template.resolve() == TEMPLATE_FILE  # the `process` pool of one machine
+            say(f"work pool {pool!r}: {ensure_pool(client, pool, pool_limit, creatable)}")
         ensure_account_limits(client, suppliers, say)
     with written_prefect_file(document) as prefect_file:
         register(api_url, prefect_file)
@@ -259,11 +260,12 @@ def deploy_suppliers(
     return SuppliersDeployed(suppliers, names)
 
 
-def ensure_pool(client: Any, name: str, limit: int | None) -> str:
-    """A pool for many suppliers: created as a `process` pool if missing, its limit set to `limit`.
+def ensure_pool(client: Any, name: str, limit: int | None, creatable: bool = True) -> str:
+    """A pool for many suppliers, its limit set to `limit`; if missing, a `process` pool.
 
     Not 1 as for one supplier: each tenant's run lock and each deployment's own limit keep one
-    supplier's runs apart; a worker's --limit bounds what one machine runs at once.
+    supplier's runs apart; a worker's --limit bounds what one machine runs at once. A docker
+    or kubernetes pool is never guessed: it must exist (its type needs its worker package).
     """
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
@@ -272,6 +274,11 @@ def ensure_pool(client: Any, name: str, limit: int | None) -> str:
     try:
         pool = client.read_work_pool(name)
     except ObjectNotFound:
+        if not creatable:
+            raise DeployFailed(
+                f"work pool {name!r} does not exist: create it first, e.g. "
+                f"`prefect work-pool create {name} --type docker` (or kubernetes)"
+            ) from None
         client.create_work_pool(
             WorkPoolCreate(
                 name=name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -30,11 +31,12 @@ class Machine:
     pool: str
     api_url: str
     env: Mapping[str, str] = field(default_factory=dict)
+    queue: str | None = None  # None: a queue named after the machine
+    limit: int | None = None  # flow runs at once on this machine (None: as many as come)
     worker: ManagedProcess | None = None
 
-    @property
-    def queue(self) -> str:
-        return self.name
+    def __post_init__(self) -> None:
+        self.queue = self.queue or self.name
 
     def start(self) -> Machine:
         """Start the worker and wait until the server has heard from it."""
@@ -51,7 +53,8 @@ class Machine:
             **self.env,
         }
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool]
-        command += ["--work-queue", self.queue, "--name", self.name, "--type", "process"]
+        command += ["--work-queue", str(self.queue), "--name", self.name, "--type", "process"]
+        command += ["--limit", str(self.limit)] if self.limit else []
         log = self.folder / "worker.log"
         self.worker = ManagedProcess(f"worker {self.name}", command, env, log).start()
         deadline = time.monotonic() + 120
@@ -79,6 +82,17 @@ class Machine:
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+
+    def ran(self) -> set[str]:
+        """The flow runs this machine's worker ran, by id, from its log.
+
+        Both workers may try to take a run; the one that loses the race says it aborted.
+        """
+        assert self.worker is not None
+        text = self.worker.log.read_text("utf-8", errors="replace")
+        tried = re.findall(rf"Worker '{re.escape(self.name)}' submitting flow run '([\w-]+)'", text)
+        lost = re.findall(r"Aborted submission of flow run '([\w-]+)'", text)
+        return set(tried) - set(lost)
 
     def trigger(self, deployment_id: UUID, **parameters: Any) -> UUID:
         """A run of the deployment on this machine: its queue, executing in its folder."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -105,3 +106,43 @@ def test_every_invalid_file_is_named_at_once(tmp_path):
     assert "worse.toml" in message and "needs state.tenant" in message
     with pytest.raises(ConfigError, match="no supplier configuration"):
         read_suppliers(tmp_path / "empty")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_IMAGE = Path("/etc/inventory-sync/suppliers")
+
+
+@pytest.mark.parametrize(
+    ("template", "pool"),
+    [
+        ("docker/prefect.yaml", "inventory-sync-docker"),
+        ("kubernetes/prefect.yaml", "inventory-sync-k8s"),
+    ],
+)
+def test_the_example_folder_deploys_on_the_container_pools(template, pool):
+    found = read_suppliers(ROOT / "deployments" / "suppliers")
+    assert {(s.tenant, s.account, s.account_limit) for s in found} == {
+        ("acme", "acme", 4),
+        ("globex-eu", "globex", 6),
+    }
+    assert {s.database for s in found} == {
+        "postgresql://inventory_sync@db.internal:5432/inventory_sync"
+    }
+    document = deployments_for(found, ROOT / "deployments" / template, "UTC", IN_IMAGE)
+    workdir = re.search(r"^WORKDIR (\S+)\s*$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert workdir is not None
+    pulled = {"prefect.deployments.steps.set_working_directory": {"directory": workdir[1]}}
+    assert document["pull"] == [pulled]  # the runs start where the image keeps the code
+    for deployment in document["deployments"]:
+        assert deployment["work_pool"]["name"] == pool
+        assert deployment["work_pool"]["job_variables"]["image"] == "{{ $INVENTORY_SYNC_IMAGE }}"
+        assert Path(deployment["parameters"]["config_path"]).parent == IN_IMAGE
+        assert deployment["entrypoint"] == "flows/sync.py:inventory_sync"
+
+
+def test_the_image_runs_as_a_user_and_installs_only_the_lock():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim", dockerfile, re.M)
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in dockerfile
+    assert "prune_to_runtime.py" in dockerfile
