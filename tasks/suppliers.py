@@ -249,15 +249,24 @@ def deploy_suppliers(
     document = deployments_for(suppliers, template, timezone, worker_folder)
     say(f"{len(suppliers)} supplier(s) in {folder}: {', '.join(s.tenant for s in suppliers)}")
     with SyncPrefectClient(api_url) as client:
-        for pool in sorted({d["work_pool"]["name"] for d in document["deployments"]}):
-            creatable = template.resolve() == TEMPLATE_FILE  # the `process` pool of one machine
-            say(f"work pool {pool!r}: {ensure_pool(client, pool, pool_limit, creatable)}")
+        for pool, runs_images in sorted(work_pools(document).items()):
+            say(f"work pool {pool!r}: {ensure_pool(client, pool, pool_limit, not runs_images)}")
         ensure_account_limits(client, suppliers, say)
     with written_prefect_file(document) as prefect_file:
         register(api_url, prefect_file)
     names = [d["name"] for d in document["deployments"]]
     say(f"{len(names)} deployment(s) registered: inventory-sync/{names[0]} … /{names[-1]}")
     return SuppliersDeployed(suppliers, names)
+
+
+def work_pools(document: dict[str, Any]) -> dict[str, bool]:
+    """The deployments' work pools, each with whether its runs are containers (an `image`)."""
+    pools: dict[str, bool] = {}
+    for deployment in document["deployments"]:
+        pool = deployment.get("work_pool") or {}
+        image = "image" in (pool.get("job_variables") or {})
+        pools[str(pool.get("name"))] = pools.get(str(pool.get("name")), False) or image
+    return pools
 
 
 def ensure_pool(client: Any, name: str, limit: int | None, creatable: bool = True) -> str:

@@ -12,13 +12,18 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from tasks.config.settings import LightspeedSettings, account_name
+from tasks.read_retries import run_warning
 
 LEASE_SECONDS = 60  # Prefect's shortest lease: a killed run's slots return within about a minute
 SLOT_TIMEOUT_SECONDS = 600.0
 
 
-class AccountLimitError(Exception):
-    """The account's limit is missing or could not be asked; the message says what to do."""
+class AccountLimitMissing(Exception):
+    """The account's limit does not exist on the server; the message says how to create it."""
+
+
+class SlotUnavailable(Exception):
+    """No slot now: none came free in time, or the Prefect server did not answer. Worth a retry."""
 
 
 def limit_name(account: str) -> str:
@@ -39,25 +44,34 @@ def request_slot(settings: LightspeedSettings) -> Iterator[None]:
     from prefect.concurrency.sync import concurrency
 
     name = limit_name(account_name(settings))
-    with ExitStack() as held:
-        try:
-            held.enter_context(
-                concurrency(
-                    name,
-                    occupy=1,
-                    timeout_seconds=SLOT_TIMEOUT_SECONDS,
-                    lease_duration=LEASE_SECONDS,
-                    strict=True,
-                )
+    held = ExitStack()
+    try:
+        held.enter_context(
+            concurrency(
+                name,
+                occupy=1,
+                timeout_seconds=SLOT_TIMEOUT_SECONDS,
+                lease_duration=LEASE_SECONDS,
+                strict=True,
             )
-        except AcquireConcurrencySlotTimeoutError:
-            raise TimeoutError(f"no free slot in {name} for {SLOT_TIMEOUT_SECONDS:.0f} s") from None
-        except ConcurrencySlotAcquisitionError as exc:
-            raise AccountLimitError(
-                f"{exc}: run `inventory-sync deploy`, or create it with "
-                f"`prefect gcl create {name} --limit {settings.account_limit}`"
-            ) from None
+        )
+    except AcquireConcurrencySlotTimeoutError:
+        raise SlotUnavailable(f"no free slot in {name} for {SLOT_TIMEOUT_SECONDS:.0f} s") from None
+    except ConcurrencySlotAcquisitionError as exc:
+        if "must be created" not in str(exc):  # the server failed to answer: transient
+            cause = exc.__cause__ or exc
+            raise SlotUnavailable(f"{exc} ({type(cause).__name__}: {cause})") from None
+        raise AccountLimitMissing(
+            f"{exc}: run `inventory-sync deploy-suppliers`, or create it with "
+            f"`prefect gcl create {name} --limit {settings.account_limit}`"
+        ) from None
+    try:
         yield
+    finally:
+        try:
+            held.close()
+        except Exception as exc:  # the request is over either way; the lease runs out
+            run_warning(f"{name}: could not give a slot back ({exc}); its lease ends in 60 s")
 
 
 def ensure_account_limit(settings: LightspeedSettings) -> str:

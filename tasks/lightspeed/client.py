@@ -29,7 +29,7 @@ from tasks.http_verdicts import (
     send,
     server_message,
 )
-from tasks.lightspeed.account_limit import AccountLimitError, request_slot
+from tasks.lightspeed.account_limit import AccountLimitMissing, SlotUnavailable, request_slot
 from tasks.lightspeed.pacing import account_pacer
 from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 from tasks.retries import retry_options
@@ -213,10 +213,10 @@ class LightspeedClient:
         except Unreachable as exc:
             self.pacer.after(cost, None)
             raise RetryableError(str(exc)) from None
-        except TimeoutError as exc:
+        except SlotUnavailable as exc:
             self.pacer.after(cost, None)
             raise RetryableError(f"{what}: {exc}") from None
-        except AccountLimitError as exc:
+        except AccountLimitMissing as exc:
             self.pacer.after(cost, None)
             raise FatalError(f"{what}: {exc}") from None
         self.pacer.after(cost, response.headers)
