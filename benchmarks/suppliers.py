@@ -4,7 +4,7 @@ Usage: python -m benchmarks.suppliers [--suppliers 50] [--products 10000] [--wor
 
 Each supplier has its own sandbox account (its own API on loopback, token and catalog) and its
 configuration in one folder, all keeping state in one PostgreSQL database (a throwaway server,
-tests/postgres.py) as tenants; `deploy-suppliers` registers them on a Prefect server (its own
+tests/postgres.py) as tenants; `deploy --configs` registers them on a Prefect server (its own
 process, on PostgreSQL too); two `process` workers run the flows, each at most --worker-limit
 at once. Every account has account_limit 4. Pass 1 is every supplier's first sync (catalog
 read, every product sent, read-back); pass 2 changes 2 % of each feed and runs every supplier
@@ -106,8 +106,9 @@ def measure(suppliers: int, products: int, worker_limit: int, root: Path) -> Sup
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from sandbox.server import SandboxServer
+    from tasks.server_setup import SetupOptions, set_up_server
     from tasks.state import StateLocation, StateStore
-    from tasks.suppliers import TEMPLATE_FILE, deploy_suppliers
+    from tasks.suppliers import TEMPLATE_FILE
 
     result = SuppliersResult(suppliers, products, worker_limit, started=_now())
     tenants = [f"supplier-{i:02d}" for i in range(suppliers)]
@@ -160,7 +161,8 @@ def measure(suppliers: int, products: int, worker_limit: int, root: Path) -> Sup
             for schedule in deployment.get("schedules", []):
                 schedule["active"] = False  # only the benchmark starts runs
         template.write_text(yaml.safe_dump(document, sort_keys=False))
-        deploy_suppliers(server.api, folder, template=template, say=lambda line: None)
+        options = SetupOptions(config_path=folder, suppliers=True, prefect_file=template)
+        set_up_server(server.api, options, say=lambda line: None)
         with SyncPrefectClient(server.api) as client:
             deployments = {
                 t: client.read_deployment_by_name(f"inventory-sync/{t}-every-15-minutes").id
@@ -235,7 +237,7 @@ def section(result: SuppliersResult, command: str) -> str:
         "",
         f"{result.suppliers} suppliers x {result.products:,} products, each its own sandbox account "
         "(API on loopback, token in a Prefect Secret block), all in one PostgreSQL state database "
-        "as tenants, deployed from one folder with `inventory-sync deploy-suppliers`; one Prefect "
+        "as tenants, deployed from one folder with `inventory-sync deploy --configs`; one Prefect "
         f"server (on PostgreSQL) and two `process` workers, each running at most "
         f"{result.worker_limit} flow runs at once; `account_limit = {ACCOUNT_LIMIT}` per account, "
         "defaults otherwise (500 products per PUT, 4 chunks in flight, read-back 50 pages). "

@@ -147,12 +147,17 @@ def exit_status(error: SyncError) -> int:
 
 @app.command()
 def deploy(
-    config: Path = typer.Option(
-        ...,
+    config: Path | None = typer.Option(
+        None,
         "--config",
         "-c",
         envvar="INVENTORY_SYNC_CONFIG",
         help="the configuration file the runs read, as the worker's machine sees it",
+    ),
+    configs: Path | None = typer.Option(
+        None,
+        "--configs",
+        help="instead of --config: a folder of supplier configurations, each deployed on its own",
     ),
     timezone: str = typer.Option(
         "UTC", "--timezone", envvar="INVENTORY_SYNC_TIMEZONE", help="timezone of the schedules"
@@ -177,14 +182,30 @@ def deploy(
     automations_file: Path = typer.Option(
         None, "--automations-file", help="the automations (default: deployments/automations.yaml)"
     ),
+    pool_limit: int | None = typer.Option(
+        None, "--pool-limit", min=1, help="with --configs: runs at once on the pool (no limit)"
+    ),
+    worker_folder: Path | None = typer.Option(
+        None, "--worker-folder", help="with --configs: where the workers see that folder"
+    ),
 ) -> None:
     """Set up the Prefect server at $PREFECT_API_URL: work pool, deployments, automations.
 
-    Creates what is missing and updates what differs; running it again changes nothing.
+    With --configs, each supplier configuration of the folder gets its own deployments (named
+    after its state.tenant, with its config_path and tags) and each API account with
+    lightspeed.account_limit its request limit. Creates what is missing and updates what
+    differs; running it again changes nothing.
     """
+    target = configs if configs is not None else config
+    if target is None or (config is not None and configs is not None):
+        typer.echo("error: give --config FILE or --configs FOLDER (one of the two)", err=True)
+        raise typer.Exit(EXIT_USAGE)
     raise typer.Exit(
         deploy_to_server(
-            config,
+            target,
+            suppliers=configs is not None,
+            pool_limit=pool_limit,
+            worker_folder=worker_folder,
             timezone=timezone,
             notify=notify,
             missed_heartbeats=missed_heartbeats,
@@ -216,10 +237,16 @@ def deploy_to_server(config: Path, **choices: Any) -> int:
             err=True,
         )
         return EXIT_USAGE
-    if not config.is_file():
+    if choices["suppliers"] and not config.is_dir():
+        typer.echo(f"error: --configs {config}: not a folder", err=True)
+        return EXIT_USAGE
+    if not choices["suppliers"] and not config.is_file():
         typer.echo(f"warning: {config} is not a file here; the worker's machine must have it")
     options = SetupOptions(
         config_path=config,
+        suppliers=choices["suppliers"],
+        pool_limit=choices["pool_limit"],
+        worker_folder=choices["worker_folder"],
         timezone=choices["timezone"],
         notify=choices["notify"],
         missed_heartbeats=choices["missed_heartbeats"],
@@ -267,6 +294,9 @@ def _set_up(api_url: str, options: Any) -> int:
     typer.echo(f"Setting up the Prefect server at {api_url}")
     try:
         report = set_up_server(api_url, options, say=lambda line: typer.echo(f"  {line}"))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
     except SetupError as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_FAILED
@@ -286,59 +316,6 @@ def _set_up(api_url: str, options: Any) -> int:
         f"Done: runs send a heartbeat every {report.heartbeat_seconds} s and are Crashed after "
         f"{options.missed_heartbeats} missed; {alerts}."
     )
-    return EXIT_OK
-
-
-@app.command("deploy-suppliers")
-def deploy_suppliers_command(
-    folder: Path = typer.Argument(..., help="the folder of supplier configurations (*.toml)"),
-    timezone: str = typer.Option("UTC", "--timezone", help="timezone of the schedules"),
-    pool_limit: int | None = typer.Option(
-        None, "--pool-limit", min=1, help="runs at once on the work pool (default: no limit)"
-    ),
-    prefect_file: Path | None = typer.Option(
-        None, "--prefect-file", help="the deployment templates (default: deployments/prefect.yaml)"
-    ),
-    worker_folder: Path | None = typer.Option(
-        None, "--worker-folder", help="where the workers see the folder, if elsewhere than here"
-    ),
-) -> None:
-    """Deploy every supplier of a folder to the Prefect server at $PREFECT_API_URL.
-
-    Each configuration gets the templates' deployments, named after its state.tenant, with its
-    own config_path and tags; each API account with lightspeed.account_limit gets its limit.
-    Exit status: 0 deployed; 1 the server refused; 2 a configuration is wrong (nothing deployed).
-    """
-    raise typer.Exit(deploy_folder(folder, timezone, pool_limit, prefect_file, worker_folder))
-
-
-def deploy_folder(
-    folder: Path,
-    timezone: str,
-    pool_limit: int | None,
-    prefect_file: Path | None,
-    worker_folder: Path | None,
-) -> int:
-    """Deploy the folder's suppliers; print what was done; return the exit status."""
-    from prefect.settings import PREFECT_API_URL
-
-    from tasks.suppliers import TEMPLATE_FILE, DeployFailed, deploy_suppliers
-
-    api_url = PREFECT_API_URL.value()
-    if not api_url:
-        typer.echo("error: PREFECT_API_URL is not set: point it at your Prefect server", err=True)
-        return EXIT_USAGE
-    try:
-        deploy_suppliers(
-            api_url, folder, timezone, pool_limit, prefect_file or TEMPLATE_FILE, worker_folder,
-            say=typer.echo,
-        )  # fmt: skip
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return EXIT_USAGE
-    except DeployFailed as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return EXIT_FAILED
     return EXIT_OK
 
 

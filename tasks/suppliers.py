@@ -9,10 +9,7 @@ on one API account share one request limit. Nothing here runs a sync.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +33,7 @@ Say = Callable[[str], None]
 
 
 class DeployFailed(Exception):
-    """The server did not take the deployments; the message has the end of prefect deploy's output."""
+    """A work pool the deployments need is missing and cannot be guessed."""
 
 
 @dataclass(frozen=True)
@@ -171,14 +168,18 @@ def staggered(cron: str, tenant: str) -> str:
     return f"{offset}-59/{every}{match[2]}"
 
 
-def ensure_account_limits(client: Any, suppliers: list[Supplier], say: Say = print) -> None:
-    """One global concurrency limit per API account that has account_limit, set to it."""
+def ensure_account_limits(client: Any, suppliers: list[Supplier]) -> list[tuple[str, str]]:
+    """One global concurrency limit per API account that has account_limit, set to it.
+
+    Returns (limit name, what was done) per account.
+    """
     from prefect.client.schemas.actions import (
         GlobalConcurrencyLimitCreate,
         GlobalConcurrencyLimitUpdate,
     )
     from prefect.exceptions import ObjectNotFound
 
+    done = []
     wanted = {s.account: s.account_limit for s in suppliers if s.account_limit is not None}
     for account, limit in sorted(wanted.items()):
         name = limit_name(account)
@@ -188,15 +189,16 @@ def ensure_account_limits(client: Any, suppliers: list[Supplier], say: Say = pri
             client.create_global_concurrency_limit(
                 GlobalConcurrencyLimitCreate(name=name, limit=limit)
             )
-            say(f"concurrency limit {name!r}: created, {limit} request(s) in flight")
+            done.append((name, f"created, {limit} request(s) in flight"))
             continue
         if found.limit == limit and found.active:
-            say(f"concurrency limit {name!r}: unchanged ({limit})")
+            done.append((name, "unchanged"))
             continue
         client.update_global_concurrency_limit(
             name, GlobalConcurrencyLimitUpdate(limit=limit, active=True)
         )
-        say(f"concurrency limit {name!r}: {found.limit} → {limit}")
+        done.append((name, f"{found.limit} → {limit} request(s) in flight"))
+    return done
 
 
 @contextmanager
@@ -208,55 +210,53 @@ def written_prefect_file(document: dict[str, Any]) -> Iterator[Path]:
         yield path
 
 
-def register(api_url: str, prefect_file: Path, environ: Mapping[str, str] | None = None) -> None:
-    """`prefect deploy --all` from the project root: each run starts there (the pull step says so)."""
-    env = {**(os.environ if environ is None else environ), "PREFECT_API_URL": api_url}
-    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
-    result = subprocess.run(
-        [*command, "--prefect-file", str(prefect_file)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
+def set_up_suppliers(
+    api_url: str, options: Any, say: Say = print, environ: Mapping[str, str] | None = None
+) -> Any:
+    """`inventory-sync deploy --configs FOLDER`: every supplier's deployments, the pools, the
+    account limits, then the automations, as for one configuration; idempotent."""
+    from dataclasses import replace
+
+    from tasks.server_setup import (
+        FLOW_NAME,
+        SetupError,
+        SetupReport,
+        find_notification_block,
+        heartbeat_seconds,
+        prefect_api,
+        register_deployments,
+        set_up_automations,
     )
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip().splitlines()[-30:]
-        raise DeployFailed("prefect deploy failed:\n" + "\n".join(tail))
 
-
-@dataclass(frozen=True)
-class SuppliersDeployed:
-    """What deploying a folder did: the suppliers and the deployments, by name."""
-
-    suppliers: list[Supplier]
-    deployments: list[str]
-
-
-def deploy_suppliers(
-    api_url: str,
-    folder: Path,
-    timezone: str = "UTC",
-    pool_limit: int | None = None,
-    template: Path = TEMPLATE_FILE,
-    worker_folder: Path | None = None,
-    say: Say = print,
-) -> SuppliersDeployed:
-    """Work pools, account limits and every supplier's deployments; running it again updates them."""
-    from prefect.client.orchestration import SyncPrefectClient
-
-    suppliers = read_suppliers(folder)
-    document = deployments_for(suppliers, template, timezone, worker_folder)
-    say(f"{len(suppliers)} supplier(s) in {folder}: {', '.join(s.tenant for s in suppliers)}")
-    with SyncPrefectClient(api_url) as client:
+    suppliers = read_suppliers(options.config_path)
+    document = deployments_for(
+        suppliers, options.prefect_file, options.timezone, options.worker_folder
+    )
+    report = SetupReport(heartbeat_seconds(document["deployments"]), say)
+    report.note("folder", str(options.config_path), f"{len(suppliers)} supplier(s)")
+    with prefect_api(api_url) as client:
+        if (problem := client.api_healthcheck()) is not None:
+            raise SetupError(f"the Prefect server at {api_url} does not answer: {problem}")
+        if options.notify:
+            find_notification_block(client, options.notify)
         for pool, runs_images in sorted(work_pools(document).items()):
-            say(f"work pool {pool!r}: {ensure_pool(client, pool, pool_limit, not runs_images)}")
-        ensure_account_limits(client, suppliers, say)
-    with written_prefect_file(document) as prefect_file:
-        register(api_url, prefect_file)
-    names = [d["name"] for d in document["deployments"]]
-    say(f"{len(names)} deployment(s) registered: inventory-sync/{names[0]} … /{names[-1]}")
-    return SuppliersDeployed(suppliers, names)
+            try:
+                change = ensure_pool(client, pool, options.pool_limit, not runs_images)
+            except DeployFailed as exc:
+                raise SetupError(str(exc)) from None
+            report.note("work pool", pool, change)
+        for name, change in ensure_account_limits(client, suppliers):
+            report.note("concurrency limit", name, change)
+    names = [str(d["name"]) for d in document["deployments"]]
+    with written_prefect_file(document) as generated:
+        generated_options = replace(options, prefect_file=generated)
+        report.deployments = register_deployments(api_url, generated_options, names, environ)
+        for supplier in suppliers:
+            mine = [n for n in names if n.startswith(f"{supplier.tenant}-")]
+            shown = ", ".join(f"{FLOW_NAME}/{n}" for n in mine)
+            report.note("supplier", supplier.tenant, f"{shown} ({supplier.path.name})")
+        set_up_automations(api_url, generated_options, report)
+    return report
 
 
 def work_pools(document: dict[str, Any]) -> dict[str, bool]:

@@ -1,7 +1,7 @@
 """Twenty suppliers on shared workers: one folder of configurations, one database, one limit per account.
 
 Each supplier has its own sandbox account (its own API, token and 2,000 products) and its token
-in a Prefect Secret block. `deploy-suppliers` registers every supplier's deployments from the
+in a Prefect Secret block. `inventory-sync deploy --configs` registers every supplier's deployments from the
 folder; two `process` workers run them all; every account allows 4 requests in flight, which a
 run with max_concurrency 8 would exceed on its own.
 """
@@ -22,8 +22,9 @@ from process_workers import Machine, wait_for
 
 from devstack.local_stack import prefect_client
 from sandbox.server import Fault, SandboxServer
+from tasks.server_setup import SetupOptions, set_up_server
 from tasks.state import StateLocation, StateStore
-from tasks.suppliers import TEMPLATE_FILE, deploy_suppliers
+from tasks.suppliers import TEMPLATE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -135,10 +136,17 @@ def suppliers(prefect_api, postgres, tmp_path_factory) -> Iterator[Suppliers]:
         for account in accounts:
             Secret(value=f"token-{account}").save(f"lightspeed-token-{account}", overwrite=True)
         folder = write_folder(root, sandboxes, state_url)
-        deployed = deploy_suppliers(
-            prefect_api, folder, template=paused_template(root), say=lambda line: None
+        options = SetupOptions(
+            config_path=folder, suppliers=True, prefect_file=paused_template(root)
         )
-        assert len(deployed.deployments) == 2 * (len(SUPPLIERS) + len(SHARED))
+        said: list[str] = []
+        report = set_up_server(prefect_api, options, say=said.append)
+        assert len(report.deployments) == 2 * (len(SUPPLIERS) + len(SHARED))
+        assert (
+            f"concurrency limit 'lightspeed-account-shared': created, {ACCOUNT_LIMIT} request(s) in flight"
+            in said
+        )
+        assert "work pool 'inventory-sync': created (type process, concurrency limit none)" in said
         with prefect_client(prefect_api) as client:
             ids = {
                 t: client.read_deployment_by_name(f"inventory-sync/{t}-every-15-minutes").id

@@ -165,7 +165,7 @@ def test_two_runs_started_at_once_never_both_load(machines):
     [refused] = [r for r in finished if r.state.is_failed()]
     [loaded] = [r for r in finished if r.state.is_completed()]
     assert f"is in use by run {loaded.name} (pid" in refused.state.message
-    assert "this run sent nothing" in refused.state.message
+    assert "nothing was done" in refused.state.message
     assert sorted(machines.sent()) == sorted(pid(s) for s in SKUS)  # one full pass, not two
 
 
@@ -192,4 +192,4 @@ def test_a_run_killed_on_one_machine_does_not_block_the_other(machines):
     assert machines.sandbox.quantities() == wanted
     assert set(machines.sent()) == {pid(s) for s in SKUS} - recorded  # only what was not recorded
     with prefect_client(machines.api_url) as client:
-        assert client.read_flow_run(doomed).state.type.value == "RUNNING"  # a zombie to Prefect
+        assert client.read_flow_run(doomed).state.type.value != "COMPLETED"  # Prefect's zombie

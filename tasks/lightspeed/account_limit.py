@@ -62,7 +62,7 @@ def request_slot(settings: LightspeedSettings) -> Iterator[None]:
             cause = exc.__cause__ or exc
             raise SlotUnavailable(f"{exc} ({type(cause).__name__}: {cause})") from None
         raise AccountLimitMissing(
-            f"{exc}: run `inventory-sync deploy-suppliers`, or create it with "
+            f"{exc}: run `inventory-sync deploy --configs`, or create it with "
             f"`prefect gcl create {name} --limit {settings.account_limit}`"
         ) from None
     try:
