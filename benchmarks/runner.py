@@ -342,14 +342,30 @@ def _arrival_section(results: Results) -> list[str]:
         "poll, a new flow-run process (Python, Prefect, polars and Great Expectations imports), "
         "and the run itself.",
         "",
+        "Median seconds per stage, from the watcher's and the worker's logs: "
+        + "; ".join(f"{name}: {what}" for name, what in arrival.STAGES.items())
+        + ".",
+        "",
         *_table(
-            ["products", "median s", "max s", "rounds (s)", "full sync first s", "load"],
+            [
+                "products",
+                "median s",
+                "max s",
+                "rounds (s)",
+                *arrival.STAGES,
+                "full sync first s",
+                "load",
+            ],
             [
                 [
                     f"{size.products:,}",
                     f"**{size.median:.1f}**",
                     f"{size.maximum:.1f}",
                     ", ".join(f"{s:.1f}" for s in size.seconds),
+                    *[
+                        "?" if (m := size.stage_median(stage)) is None else f"{m:.1f}"
+                        for stage in arrival.STAGES
+                    ],
                     f"{size.full_sync_seconds:.1f}",
                     "; ".join(size.loads),
                 ]

@@ -109,7 +109,9 @@ def probe(warehouse: WarehouseBase, secrets: Secrets) -> Fingerprint | None:
         return check(warehouse, secrets)
     except WarehouseUnreadable as exc:
         log.info("%s: no feed to look at: %s", warehouse.name, exc.cause)
-        return None
+    except Exception as exc:  # a watcher outlives any one bad look; the next probe tries again
+        log.warning("%s: probe failed: %s: %s", warehouse.name, type(exc).__name__, exc)
+    return None
 
 
 def _seconds(value: timedelta) -> float:
@@ -130,6 +132,7 @@ class Watcher:
         self.seen: dict[str, Fingerprint] = {}
         self.settling = Settling(_seconds(settings.watch.settle), {})
         self.dirty: set[str] = set()  # local warehouses with a file-system event to look at
+        self.armed = asyncio.Event()  # the file-system watches are in place
 
     def _by_name(self, name: str) -> WarehouseBase:
         return next(w for w in self.plan.watched if w.name == name)
@@ -171,13 +174,16 @@ class Watcher:
             log.info("watching %s: %s (file-system events)", warehouse.name, warehouse.path)
         for remote in self.plan.polled:
             log.info(
-                "polling %s (%s) every %.0f s",
+                "polling %s (%s) every %g s",
                 remote.name,
                 remote.kind,
                 _seconds(remote.poll_interval),
             )
         for other in self.plan.unwatched:
             log.info("not watched: %s (%s: the schedule reads it)", other.name, other.kind)
+
+    def _ready(self) -> None:
+        """Say the watcher is armed: from here on no change goes unseen."""
         watch = self.settings.watch
         log.info(
             "a change is an arrival after %.1f s unchanged; arrivals within %.1f s make one run "
@@ -198,6 +204,11 @@ class Watcher:
             jobs = [asyncio.create_task(self._file_events(stop))]
             jobs += [asyncio.create_task(self._poll(w, stop)) for w in self.plan.polled]
             try:
+                await asyncio.wait(
+                    [asyncio.ensure_future(self.armed.wait()), jobs[0]],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                self._ready()
                 await self._loop(stop, client, events, deployment_id)
             finally:
                 stop.set()
@@ -233,11 +244,27 @@ class Watcher:
 
         watched = roots(self.plan.local)
         if not watched:
+            self.armed.set()
             return
-        for root in watched:
-            root.mkdir(parents=True, exist_ok=True)
-        async for changes in awatch(*watched, stop_event=stop, debounce=50, step=20):
-            self.dirty |= touched([path for _, path in changes], watched)
+        everything = {name for names in watched.values() for name in names}
+        while not stop.is_set():
+            try:
+                for root in watched:
+                    root.mkdir(parents=True, exist_ok=True)
+                # the first yield (a change, or a second without one) comes once the watches
+                # are in place: look again at every feed, for what changed before that
+                async for changes in awatch(
+                    *watched, stop_event=stop, debounce=50, step=20, rust_timeout=1000,
+                    yield_on_timeout=True,
+                ):  # fmt: skip
+                    if not self.armed.is_set():
+                        self.dirty |= everything
+                        self.armed.set()
+                    self.dirty |= touched([path for _, path in changes], watched)
+            except Exception as exc:  # a folder removed or remounted: watch it again
+                log.warning("file-system events stopped (%s); watching again", exc)
+                self.dirty |= everything
+                await _sleep(stop, RETRY_SECONDS)
 
     async def _poll(self, warehouse: RemoteWarehouse, stop: asyncio.Event) -> None:
         """Probe a remote warehouse every poll_interval (the first probe was at start)."""
