@@ -33,7 +33,6 @@ from benchmarks.processes import (
     ROOT,
     Sandbox,
     _process,
-    _wait_until,
     prefect_server,
     run_measured,
     sandbox_server,
@@ -248,15 +247,13 @@ def measure_size(root: Path, products: int, rounds: int = ROUNDS) -> SizeResult:
         worker_log = work / "worker.log"
         worker = [str(BIN / "prefect"), "worker", "start", "--pool", "inventory-sync"]
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS)}
-        running.enter_context(_process([*worker, "--type", "process"], worker_env, worker_log))
+        worker_argv = [*worker, "--type", "process"]
+        running.enter_context(_process("Prefect worker", worker_argv, worker_env, worker_log))
         watcher_log = work / "watcher.log"
         watch = [str(BIN / "inventory-sync"), "watch", "--config", str(config)]
-        watcher = running.enter_context(_process(watch, env, watcher_log))
-        _wait_until(
-            lambda: "a change is an arrival after" in watcher_log.read_text(),
-            watcher,
-            watcher_log,
-            timeout=120,
+        watcher = running.enter_context(_process("watcher", watch, env, watcher_log))
+        watcher.wait_until_ready(
+            lambda: "a change is an arrival after" in watcher.log_tail(50), timeout=120
         )
         before = _quantities(sandbox)
         original = feeds[0].read_bytes()

@@ -27,6 +27,8 @@ from tasks.sources.local_files import probe_file
 from tasks.sources.sftp_drop import SftpWarehouse, probe_sftp
 from tasks.sources.wms_api import HttpWarehouse, probe_http
 
+pytestmark = pytest.mark.fast
+
 A = Fingerprint("feeds/east-1.csv", "100:1")
 A_GROWN = Fingerprint("feeds/east-1.csv", "200:2")
 B = Fingerprint("feeds/east-2.csv", "300:3")

@@ -24,13 +24,10 @@ from devstack.local_stack import (
     NIGHTLY_FULL,
     ON_FEED_ARRIVAL,
     LocalStack,
-    descendants,
-    free_port,
-    is_running,
-    port_in_use,
     prefect_client,
     wait_for_final_state,
 )
+from devstack.processes import descendants, free_port, is_running, port_in_use
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

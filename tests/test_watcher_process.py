@@ -21,7 +21,7 @@ import pytest
 from sftp_server import PASSWORD, PASSWORD_USER, SftpServer
 from wms_server import API_KEY, WmsServer
 
-from devstack.local_stack import descendants
+from devstack.processes import descendants
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
