@@ -21,7 +21,7 @@ import pytest
 from sftp_server import PASSWORD, PASSWORD_USER, SftpServer
 from wms_server import API_KEY, WmsServer
 
-from devstack.processes import descendants
+from devstack.processes import descendants, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -145,6 +145,16 @@ def test_without_a_server_or_a_deployment_the_watcher_says_what_to_do(tmp_path, 
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "PREFECT_API_URL is not set" in result.stderr
+
+
+def test_an_unreachable_server_is_named_and_the_watcher_exits(tmp_path, sftp, wms):
+    config = write_config(tmp_path, sftp, wms)
+    api = f"http://127.0.0.1:{free_port()}/api"
+    command = [sys.executable, "-m", "flows.cli", "watch", "--config", str(config)]
+    env = {**os.environ, "PREFECT_API_URL": api, "DROP_PASSWORD": PASSWORD, "WMS_KEY": API_KEY}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "cannot reach the Prefect server" in result.stderr
 
 
 def test_polled_and_watched_feeds_become_one_event_and_sigterm_stops_it(

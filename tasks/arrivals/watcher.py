@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
+
 from tasks.arrivals.batching import Batch, RunGate, RunView, Settling
 from tasks.arrivals.event import arrival_event
 from tasks.arrivals.seen import load_seen, save_seen, seen_path
@@ -228,6 +230,7 @@ class Watcher:
                 f"no deployment {name} on the Prefect server: register the deployments first "
                 "(prefect deploy --all --prefect-file deployments/prefect.yaml)"
             ) from None
+
         theirs = str((deployment.parameters or {}).get("config_path", ""))
         if theirs and Path(theirs).resolve() != self.config_path:
             log.warning(
@@ -371,7 +374,13 @@ def run_watcher(settings: Settings, config_path: Path) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await Watcher(settings, config_path).run(stop)
+        try:
+            await Watcher(settings, config_path).run(stop)
+        except (httpx.HTTPError, OSError) as exc:  # at start: later ones are retried
+            raise WatchError(
+                f"cannot reach the Prefect server ({type(exc).__name__}: {exc}); is it running, "
+                "and is PREFECT_API_URL right?"
+            ) from None
 
     asyncio.run(main())
     log.info("stopped")
