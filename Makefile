@@ -44,7 +44,7 @@ system-packages:
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "fast and not server" -q
 
-## bench: the four benchmarks at full size (a 1M-product catalog; under 10 min on 2 cores), rewriting docs/benchmarks.md
+## bench: the five benchmarks at full size (a 1M-product catalog), rewriting docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.runner --command "make bench"
 

@@ -1,4 +1,4 @@
-"""Run the four benchmarks and rewrite docs/benchmarks.md with their figures.
+"""Run the five benchmarks and rewrite docs/benchmarks.md with their figures.
 
 Usage: python -m benchmarks.runner [--smoke] [--out docs/benchmarks.md]
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import cycle, load_overhead, pandas_reference, transform
+from benchmarks import arrival, cycle, load_overhead, pandas_reference, transform
 from benchmarks import dataset as data
 from benchmarks.machine import describe, load_average
 from benchmarks.processes import ROOT
@@ -23,7 +23,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes for one run of all four: the real ones, or tiny ones for the smoke test."""
+    """Sizes for one run of all five: the real ones, or tiny ones for the smoke test."""
 
     transform_sizes: tuple[int, ...] = transform.SIZES
     reference_products: int = pandas_reference.PRODUCTS
@@ -31,9 +31,11 @@ class Plan:
     sweep: bool = True
     cycle_products: int = cycle.PRODUCTS
     cycle_variants: bool = True
+    arrival_sizes: tuple[int, ...] = arrival.SIZES
+    arrival_rounds: int = arrival.ROUNDS
 
 
-SMOKE = Plan((2_000,), 2_000, 2_000, False, 2_000, False)
+SMOKE = Plan((2_000,), 2_000, 2_000, False, 2_000, False, (2_000,), 1)
 
 
 @dataclass
@@ -46,19 +48,20 @@ class Results:
     reference: pandas_reference.ReferenceResult | None = None
     load: load_overhead.LoadResult | None = None
     cycle: cycle.CycleResult | None = None
+    arrival: arrival.ArrivalResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def targets(self) -> list[tuple[str, str, bool]]:
         found: list[tuple[str, str, bool]] = []
-        for part in (self.transform, self.reference, self.load, self.cycle):
+        for part in (self.transform, self.reference, self.load, self.cycle, self.arrival):
             if part is not None:
                 found += part.targets()
         return found
 
 
 def run_all(root: Path, plan: Plan, command: str, api: str | None = None) -> Results:
-    """The four benchmarks in order; each prints its figures as it goes."""
+    """The five benchmarks in order; each prints its figures as it goes."""
     results = Results(command, plan, datetime.now(UTC), load_average())
     started = time.perf_counter()
     print("== 1. transform", flush=True)
@@ -73,10 +76,12 @@ def run_all(root: Path, plan: Plan, command: str, api: str | None = None) -> Res
     print("\n".join(results.load.lines()), flush=True)
     print("== 4. 15-minute cycle", flush=True)
     results.cycle = cycle.measure(root, plan.cycle_products, plan.cycle_variants, api)
+    print("== 5. feed-to-platform latency", flush=True)
+    results.arrival = arrival.measure(root, plan.arrival_sizes, plan.arrival_rounds)
     results.seconds = time.perf_counter() - started
     for target, figure, met in results.targets():
         print(f"{'MET   ' if met else 'MISSED'} {target}: {figure}")
-    print(f"all four in {results.seconds / 60:.1f} min", flush=True)
+    print(f"all five in {results.seconds / 60:.1f} min", flush=True)
     return results
 
 
@@ -105,7 +110,8 @@ def render(results: Results) -> str:
         [[t, f, "yes" if met else "**no**"] for t, f, met in results.targets()],
     )
     out += ["", *_transform_section(results), *_reference_section(results)]
-    out += [*_load_section(results), *_cycle_section(results), *_how_section()]
+    out += [*_load_section(results), *_cycle_section(results), *_arrival_section(results)]
+    out += _how_section()
     return "\n".join(out) + "\n"
 
 
@@ -317,16 +323,71 @@ def _cycle_section(results: Results) -> list[str]:
     ]
 
 
+def _arrival_section(results: Results) -> list[str]:
+    part = results.arrival
+    if part is None:
+        return []
+    return [
+        "## 5. Feed-to-platform latency",
+        "",
+        "A Prefect server, the sandbox API, a `process` worker (polling every "
+        f"{arrival.WORKER_POLL_SECONDS} s) and `inventory-sync watch` (settle {arrival.SETTLE}, "
+        f"debounce {arrival.DEBOUNCE}), each its own process, with the deployments of "
+        "`deployments/prefect.yaml`; the ten CSV warehouses of benchmark 4 after a full sync by "
+        "the CLI. Each round renames a new export of the first warehouse into place, with one "
+        "product's quantity raised, and times it until the sandbox receives the PUT that sets "
+        "it (checked afterwards: the sandbox then holds the new quantity). The triggered run "
+        "reads that warehouse and counts the nine others with their last good feed. Between "
+        "the rename and the PUT: settle + debounce, the event and its trigger, the worker's "
+        "poll, a new flow-run process (Python, Prefect, polars and Great Expectations imports), "
+        "and the run itself.",
+        "",
+        "Median seconds per stage, from the watcher's and the worker's logs: "
+        + "; ".join(f"{name}: {what}" for name, what in arrival.STAGES.items())
+        + ".",
+        "",
+        *_table(
+            [
+                "products",
+                "median s",
+                "max s",
+                "rounds (s)",
+                *arrival.STAGES,
+                "full sync first s",
+                "load",
+            ],
+            [
+                [
+                    f"{size.products:,}",
+                    f"**{size.median:.1f}**",
+                    f"{size.maximum:.1f}",
+                    ", ".join(f"{s:.1f}" for s in size.seconds),
+                    *[
+                        "?" if (m := size.stage_median(stage)) is None else f"{m:.1f}"
+                        for stage in arrival.STAGES
+                    ],
+                    f"{size.full_sync_seconds:.1f}",
+                    "; ".join(size.loads),
+                ]
+                for size in part.sizes
+                if size.seconds
+            ],
+        ),
+        "",
+    ]
+
+
 def _how_section() -> list[str]:
     return [
         "## Running them",
         "",
         "```sh",
-        "make bench                                   # all four, rewrites this file",
+        "make bench                                   # all five, rewrites this file",
         ".venv/bin/python -m benchmarks.transform --sizes 100000,1000000",
         ".venv/bin/python -m benchmarks.pandas_reference --products 1000000",
         ".venv/bin/python -m benchmarks.load_overhead --products 100000",
         ".venv/bin/python -m benchmarks.cycle --products 1000000",
+        ".venv/bin/python -m benchmarks.arrival --products 10000,1000000 --rounds 5",
         "```",
         "",
         f"Data sets are generated once under `{transform.DEFAULT_ROOT}` (`--root` elsewhere) "

@@ -23,7 +23,8 @@ DEMO_CONFIG = PROJECT_ROOT / "demo" / "inventory-sync.toml"
 WORK_POOL = "inventory-sync"
 EVERY_15_MINUTES = "every-15-minutes"
 NIGHTLY_FULL = "nightly-full"
-DEPLOYMENTS = (EVERY_15_MINUTES, NIGHTLY_FULL)
+ON_FEED_ARRIVAL = "on-feed-arrival"
+DEPLOYMENTS = (EVERY_15_MINUTES, NIGHTLY_FULL, ON_FEED_ARRIVAL)
 HOST = "127.0.0.1"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 UNFINISHED = ("PENDING", "RUNNING", "CANCELLING")
@@ -140,6 +141,7 @@ class LocalStack:
         self.setup = dict(setup or {})  # SetupOptions fields beyond the config and timezone
         self.setup_report: Any = None  # tasks.server_setup.SetupReport once set up
         self.worker: ManagedProcess | None = None
+        self.watcher: ManagedProcess | None = None
         self.server_seconds = 0.0
 
     def _env(self, **extra: str) -> dict[str, str]:
@@ -217,6 +219,7 @@ class LocalStack:
 
         self._set_up_server()
         self.start_worker()
+        self.start_watcher()
         return self
 
     def start_worker(self, name: str = "local-worker") -> ManagedProcess:
@@ -251,6 +254,27 @@ class LocalStack:
         self._wait_for_worker(name, since, timeout=120)
         self.say(f"Worker polling work pool {WORK_POOL!r} (log: {self.worker.log})")
         return self.worker
+
+    def start_watcher(self) -> ManagedProcess:
+        """`inventory-sync watch` on the demo config, once its file-system watches are armed."""
+        if self.watcher is not None:
+            self.watcher.stop()  # an earlier one, alive or not: its log is closed either way
+        self.watcher = ManagedProcess(
+            "watcher",
+            [_executable("inventory-sync"), "watch", "--config", str(self.config)],
+            self._env(),
+            self.home / "watcher.log",
+            cwd=PROJECT_ROOT,
+        ).start()
+        watcher = self.watcher
+        try:
+            watcher.wait_until_ready(
+                lambda: "a change is an arrival after" in watcher.log_tail(50), timeout=120
+            )
+        except NotReady as exc:
+            raise StackError(str(exc)) from None
+        self.say(f"Watcher on {self.folder / 'feeds'} (log: {self.watcher.log})")
+        return self.watcher
 
     def restart_server(self, down_seconds: float = 0.0) -> None:
         """Stop the Prefect server and start it again on the same port and database."""
@@ -352,14 +376,14 @@ class LocalStack:
         return UUID(str(run.id))
 
     def dead_process(self) -> ManagedProcess | None:
-        """The server or worker if it has exited on its own."""
-        for process in (self.server, self.worker):
+        """The server, worker or watcher if it has exited on its own."""
+        for process in (self.server, self.worker, self.watcher):
             if process is not None and process.exit_code() is not None:
                 return process
         return None
 
     def stop(self) -> None:
-        """Stop the worker (and its flow runs), then the server, then the sandbox."""
+        """Stop the watcher, the worker (and its flow runs), the server, then the sandbox."""
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (
@@ -368,6 +392,8 @@ class LocalStack:
             ):  # a second Ctrl-C must not cut this short
                 previous[signum] = signal.signal(signum, signal.SIG_IGN)
         try:
+            if self.watcher is not None:
+                self.watcher.stop()
             if self.worker is not None:
                 self.worker.stop()
             self.server.stop()
@@ -409,7 +435,8 @@ def run_local_stack(home: Path, folder: Path, port: int, sandbox_port: int, time
             print(f"error: still running: pids {sorted(p.pid for p in left)}, ports {ports}")
             return 1
         print(
-            "Stopped: the worker, the Prefect server and the sandbox; no process or port is left."
+            "Stopped: the watcher, the worker, the Prefect server and the sandbox; no process or "
+            "port is left."
         )
         return 0
     except StackError as exc:
@@ -461,7 +488,10 @@ def _first_run(stack: LocalStack) -> None:
                 f"  Automations (they watch the runs; alerts are recorded only until "
                 f"`inventory-sync deploy --notify BLOCK`): {stack.ui_url}/automations",
                 f"Sandbox API: {stack.sandbox.url}/_sandbox/quantities",
-                f"Logs: {stack.server.log}, {stack.home / 'worker.log'}",
+                f"Logs: {stack.server.log}, {stack.home / 'worker.log'}, "
+                f"{stack.home / 'watcher.log'}",
+                f"Drop a feed into {stack.folder / 'feeds'} (e.g. a new east-*.csv): the watcher "
+                f"starts a run of {ON_FEED_ARRIVAL} for it within seconds.",
                 f"Schedules are active: every 15 minutes and nightly, timezone {stack.timezone}.",
                 "Press Ctrl-C to stop everything.",
             ]

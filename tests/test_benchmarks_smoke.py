@@ -20,7 +20,7 @@ def test_dataset_has_bins_bad_rows_and_changes_exactly_the_share_asked(tmp_path:
     assert data.change_quantities(dataset, 0.02) == 100
 
 
-def test_all_four_run_and_write_the_doc(tmp_path: Path, prefect_api: str) -> None:
+def test_all_five_run_and_write_the_doc(tmp_path: Path, prefect_api: str) -> None:
     results = run_all(tmp_path / "data", SMOKE, "smoke", api=prefect_api)
 
     assert results.transform is not None and results.transform.sizes[0].rows > 0
@@ -32,8 +32,13 @@ def test_all_four_run_and_write_the_doc(tmp_path: Path, prefect_api: str) -> Non
     assert change.child.returncode == 0 and change.sent == change.changed > 0
     assert change.requests.get("PUT /inventory", 0) >= 1 and change.bytes_in > 0
 
+    assert results.arrival is not None
+    [arrived] = results.arrival.sizes
+    assert len(arrived.seconds) == 1 and arrived.seconds[0] > 0
+
     doc = render(results)
-    for heading in ("## Targets", "## 1. Transform", "## 2.", "## 3. Load", "## 4. The 15"):
+    headings = ("## Targets", "## 1. Transform", "## 2.", "## 3. Load", "## 4. The 15", "## 5.")
+    for heading in headings:
         assert heading in doc
     # reference, load, and the cycle's time, GETs and refresh; the transform's are for 1M only
     assert len(results.targets()) == 5

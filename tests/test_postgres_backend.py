@@ -100,7 +100,7 @@ def test_the_run_make_run_starts_is_recorded_in_postgresql(cli_stack):
         run = client.read_flow_run(run_id)
         deployments = [client.read_deployment_by_name(f"{FLOW_NAME}/{n}") for n in DEPLOYMENTS]
     assert run.state.type.value == "COMPLETED", cli_stack.text()
-    assert [[s.active for s in d.schedules] for d in deployments] == [[True], [True]]
+    assert [[s.active for s in d.schedules] for d in deployments] == [[True], [True], []]
     assert {s.schedule.timezone for d in deployments for s in d.schedules} == {"Europe/Paris"}
 
     with psycopg.connect(cli_stack.database_url.replace("+asyncpg", "")) as db:
@@ -126,6 +126,7 @@ def test_ctrl_c_stops_every_process_and_frees_every_port(cli_stack):
     commands = [" ".join(p.cmdline()) for p in family if is_running(p)]
     assert any(" server start " in c for c in commands)
     assert any(" worker start " in c for c in commands)
+    assert any(" watch --config " in c for c in commands)
     assert port_in_use(cli_stack.port) and port_in_use(sandbox_port)
 
     began = time.monotonic()
@@ -133,6 +134,8 @@ def test_ctrl_c_stops_every_process_and_frees_every_port(cli_stack):
     assert cli_stack.process.wait(60) == 0, cli_stack.text()
     print(f"stopped in {time.monotonic() - began:.1f} s")
 
-    assert "Stopped: the worker, the Prefect server and the sandbox" in cli_stack.text()
+    assert (
+        "Stopped: the watcher, the worker, the Prefect server and the sandbox" in cli_stack.text()
+    )
     assert [p for p in family if is_running(p)] == []
     assert not port_in_use(cli_stack.port) and not port_in_use(sandbox_port)

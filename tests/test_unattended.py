@@ -373,7 +373,7 @@ def test_deploy_twice_leaves_one_of_each_and_removes_a_duplicate(unattended):
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"automation {FEED_STALE!r}: unchanged; 1 duplicate(s) deleted" in first.stdout
     changes = [line.strip() for line in second.stdout.splitlines() if "': " in line]
-    assert len(changes) == 1 + 2 + 1 + 6  # pool, deployments, webhook block, automations
+    assert len(changes) == 1 + 3 + 1 + 6  # pool, deployments, webhook block, automations
     assert all(
         line.endswith(": unchanged") for line in changes if not line.startswith("deployment ")
     ), second.stdout
@@ -383,8 +383,9 @@ def test_deploy_twice_leaves_one_of_each_and_removes_a_duplicate(unattended):
         automations = [a.name for a in client.read_automations()]
         deployments = [d.name for d in client.read_deployments()]
         pools = [p.name for p in client.read_work_pools()]
-    assert sorted(automations) == sorted(stack.local.setup_report.automations)
-    assert sorted(deployments) == ["every-15-minutes", "nightly-full"]
+    # and the trigger of on-feed-arrival, which `prefect deploy` replaces on each deploy
+    assert sorted(automations) == sorted([*stack.local.setup_report.automations, "a feed arrived"])
+    assert sorted(deployments) == ["every-15-minutes", "nightly-full", "on-feed-arrival"]
     assert pools.count("inventory-sync") == 1
 
 

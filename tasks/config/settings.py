@@ -117,6 +117,21 @@ class GuardSettings(Section):
     )
 
 
+class WatchSettings(Section):
+    settle: Duration = Field(
+        timedelta(seconds=2),
+        description="a feed is an arrival once its size and time held this long",
+    )
+    debounce: Duration = Field(
+        timedelta(seconds=3), description="arrivals within this window of the first make one run"
+    )
+    deployment: str = Field(
+        "inventory-sync/on-feed-arrival",
+        pattern=r"^[^/]+/[^/]+$",
+        description="FLOW/DEPLOYMENT whose trigger the arrival events start",
+    )
+
+
 class Settings(Section):
     lightspeed: LightspeedSettings
     catalog: CatalogSettings = CatalogSettings()
@@ -124,6 +139,7 @@ class Settings(Section):
     report: ReportSettings = Field(default_factory=lambda: ReportSettings())
     state: StateSettings = Field(default_factory=lambda: StateSettings())
     guards: GuardSettings = Field(default_factory=lambda: GuardSettings())
+    watch: WatchSettings = Field(default_factory=lambda: WatchSettings())
 
     @field_validator("warehouses")
     @classmethod

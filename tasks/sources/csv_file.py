@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from tasks.sources.feed import Feed, Secrets, SourceKind, WarehouseUnreadable, feed_frame
-from tasks.sources.local_files import FileWarehouse, newest_file, read_bytes
+from tasks.sources.local_files import FileWarehouse, newest_file, probe_file, read_bytes
 from tasks.sources.warehouse import CsvOptions
 
 if TYPE_CHECKING:
@@ -112,4 +112,4 @@ def _as_utf8(warehouse: str, source: str, data: bytes, encoding: str) -> bytes:
         ) from None
 
 
-KIND = SourceKind("csv", CsvWarehouse, read_csv_feed)
+KIND = SourceKind("csv", CsvWarehouse, read_csv_feed, probe=probe_file)

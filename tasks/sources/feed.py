@@ -200,6 +200,14 @@ Secrets = Mapping[str, SecretStr]
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """A cheap look at a feed as it is now: where it is, and a token that changes when it does."""
+
+    source: str  # the file or URL
+    token: str  # e.g. "size:mtime" of the file, or the endpoint's ETag
+
+
+@dataclass(frozen=True)
 class SourceKind:
     """One kind of warehouse source: its settings, its reader, and what to do after a good run.
 
@@ -207,6 +215,8 @@ class SourceKind:
     file it read into its archive); it returns where the feed went, or None if it did nothing.
     `retries_each_request`: the reader retries each request itself (a paged API), so the
     extract task must not retry the whole read on top of it.
+    `probe`: the feed's fingerprint without reading it, for `inventory-sync watch`; None: the
+    kind is not watched (the schedule reads it).
     """
 
     name: str  # the `kind` written in the configuration
@@ -214,3 +224,4 @@ class SourceKind:
     read: Callable[[Any, Secrets], Feed]
     after_success: Callable[[Any, Secrets, Feed], str | None] | None = None
     retries_each_request: bool = False
+    probe: Callable[[Any, Secrets], Fingerprint] | None = None

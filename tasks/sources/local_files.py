@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from tasks.config.fields import relative_to_config
-from tasks.sources.feed import WarehouseUnreadable
+from tasks.sources.feed import Fingerprint, Secrets, WarehouseUnreadable
 from tasks.sources.warehouse import WarehouseBase
 
 
@@ -42,3 +42,13 @@ def read_bytes(warehouse: str, path: Path) -> tuple[bytes, datetime]:
         return path.read_bytes(), modified
     except OSError as exc:
         raise WarehouseUnreadable(warehouse, f"{path}: cannot read: {exc.strerror}") from None
+
+
+def probe_file(warehouse: FileWarehouse, secrets: Secrets | None = None) -> Fingerprint:
+    """The newest matching file's name, size and modification time, without reading it."""
+    path = newest_file(warehouse.name, warehouse.path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise WarehouseUnreadable(warehouse.name, f"{path}: cannot stat: {exc.strerror}") from None
+    return Fingerprint(str(path), f"{info.st_size}:{info.st_mtime_ns}")

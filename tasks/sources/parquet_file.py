@@ -8,7 +8,7 @@ from typing import Literal
 import polars as pl
 
 from tasks.sources.feed import Feed, Secrets, SourceKind, WarehouseUnreadable, feed_frame
-from tasks.sources.local_files import FileWarehouse, newest_file, read_bytes
+from tasks.sources.local_files import FileWarehouse, newest_file, probe_file, read_bytes
 
 
 class ParquetWarehouse(FileWarehouse):
@@ -28,4 +28,4 @@ def read_parquet_feed(warehouse: ParquetWarehouse, secrets: Secrets | None = Non
     return feed_frame(warehouse, str(path), frame, len(data), modified, first_line=1)
 
 
-KIND = SourceKind("parquet", ParquetWarehouse, read_parquet_feed)
+KIND = SourceKind("parquet", ParquetWarehouse, read_parquet_feed, probe=probe_file)

@@ -17,7 +17,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from tasks.config.fields import relative_to_config
 from tasks.config.secrets import SecretRef
 from tasks.sources.csv_file import csv_feed
-from tasks.sources.feed import Feed, SourceKind, WarehouseUnavailable, WarehouseUnreadable
+from tasks.sources.feed import (
+    Feed,
+    Fingerprint,
+    SourceKind,
+    WarehouseUnavailable,
+    WarehouseUnreadable,
+)
 from tasks.sources.warehouse import CsvOptions, RemoteWarehouse
 
 
@@ -89,6 +95,18 @@ def archive_sftp_file(
 ) -> str:
     """Move the file a feed was read from into archive_dir, unless it changed since; return where."""
     return asyncio.run(_archive(warehouse, secrets, feed))
+
+
+def probe_sftp(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> Fingerprint:
+    """The newest remote file's name, size and modification time, from a listing: no download."""
+    return asyncio.run(_probe(warehouse, secrets))
+
+
+async def _probe(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> Fingerprint:
+    async with _session(warehouse, secrets) as sftp:
+        newest = await _newest(warehouse, sftp)
+    url = remote_url(warehouse, str(newest.filename))
+    return Fingerprint(url, f"{newest.attrs.size}:{newest.attrs.mtime}")
 
 
 def remote_url(warehouse: SftpWarehouse, path: str) -> str:
@@ -270,4 +288,4 @@ def archive_after_success(
     return archive_sftp_file(warehouse, secrets, feed)
 
 
-KIND = SourceKind("sftp", SftpWarehouse, read_sftp_feed, archive_after_success)
+KIND = SourceKind("sftp", SftpWarehouse, read_sftp_feed, archive_after_success, probe=probe_sftp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -48,4 +49,7 @@ class RemoteWarehouse(WarehouseBase):
     retries: int = Field(3, ge=0, le=20, description="extract retries after a transient error")
     retry_backoff_seconds: float = Field(
         2.0, ge=0, description="first retry delay; doubles on each further retry, with jitter"
+    )
+    poll_interval: Duration = Field(
+        timedelta(seconds=60), description="how often `inventory-sync watch` checks for a new feed"
     )

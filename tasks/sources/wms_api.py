@@ -7,6 +7,7 @@ task does not retry the whole read on top of that.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 from tasks.sources.feed import (
     RECORDS_WORDING,
     Feed,
+    Fingerprint,
     SourceKind,
     WarehouseUnavailable,
     WarehouseUnreadable,
@@ -83,6 +85,23 @@ def read_http_feed(warehouse: HttpWarehouse, secrets: Mapping[str, SecretStr]) -
     )
 
 
+def probe_http(warehouse: HttpWarehouse, secrets: Mapping[str, SecretStr]) -> Fingerprint:
+    """The endpoint's ETag or Last-Modified (HEAD, else GET); without either, the first page's digest."""
+    source = endpoint(warehouse)
+    with WmsClient(warehouse, secrets.get("auth_value")) as client:
+        return Fingerprint(source, client.version(source, first_page_params(warehouse)))
+
+
+def first_page_params(warehouse: HttpWarehouse) -> dict[str, str]:
+    """The query parameters of the first page of the stock endpoint."""
+    params = dict(warehouse.params)
+    if warehouse.page_size_param and warehouse.page_size:
+        params[warehouse.page_size_param] = str(warehouse.page_size)
+    if warehouse.pagination == "page":
+        params[warehouse.page_param] = str(warehouse.first_page)
+    return params
+
+
 def endpoint(warehouse: HttpWarehouse) -> str:
     """The stock endpoint's URL, without query parameters."""
     return (
@@ -125,6 +144,38 @@ class WmsClient:
             self.reads,
         )
 
+    def version(self, url: str, params: Mapping[str, str]) -> str:
+        """What changes when the stock does: a validator header, else a digest of the first page."""
+        for method in ("HEAD", "GET"):
+            response = self._checked(
+                method, url, params, allow=(405, 501) if method == "HEAD" else ()
+            )
+            if response is None:
+                continue
+            for header in ("ETag", "Last-Modified"):
+                if response.headers.get(header):
+                    return f"{header.lower()}:{response.headers[header]}"
+            if method == "GET":
+                return "sha256:" + hashlib.sha256(response.content).hexdigest()
+        raise AssertionError("unreachable: GET either answers or raises")
+
+    def _checked(
+        self, method: str, url: str, params: Mapping[str, str], allow: tuple[int, ...] = ()
+    ) -> httpx.Response | None:
+        """One request with the WMS verdicts; None when the status is in `allow` (HEAD refused)."""
+        what = f"{method} {url}"
+        try:
+            response = send(self._http, method, url, what, params=dict(params) or None)
+        except Unreachable as exc:
+            raise WarehouseUnavailable(self.warehouse, str(exc)) from None
+        if response.status_code in allow:
+            return None
+        if not 200 <= response.status_code < 300:
+            raise WarehouseUnavailable(
+                self.warehouse, f"{what}: HTTP {response.status_code} {server_message(response)}"
+            )
+        return response
+
     def _get_once(self, url: str, params: Mapping[str, str | int]) -> Any:
         """GET one page and return its JSON, numbers kept as the text the server wrote."""
         what = f"GET {url}"
@@ -155,9 +206,7 @@ class WmsClient:
 
 def pages(warehouse: HttpWarehouse, client: WmsClient) -> Iterator[list[Any]]:
     """Each page's records, following the configured pagination to its end."""
-    url, params = endpoint(warehouse), dict(warehouse.params)
-    if warehouse.page_size_param and warehouse.page_size:
-        params[warehouse.page_size_param] = str(warehouse.page_size)
+    url, params = endpoint(warehouse), first_page_params(warehouse)
     page = warehouse.first_page
     seen: set[str] = set()
     for _ in range(MAX_PAGES):
@@ -242,4 +291,6 @@ def _as_text(value: Any) -> str | None:
     return json.dumps(value)
 
 
-KIND = SourceKind("http", HttpWarehouse, read_http_feed, retries_each_request=True)
+KIND = SourceKind(
+    "http", HttpWarehouse, read_http_feed, retries_each_request=True, probe=probe_http
+)

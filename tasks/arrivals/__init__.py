@@ -1,0 +1,1 @@
+"""Feed arrivals: the watcher that turns new warehouse feeds into Prefect events."""
