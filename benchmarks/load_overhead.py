@@ -117,7 +117,7 @@ def run_trials(
 
     from tasks.config.settings import LightspeedSettings
     from tasks.lightspeed.load import load, split_into_chunks
-    from tasks.state import StateStore
+    from tasks.state import StateLocation, StateStore
 
     payload = pl.read_parquet(payload_file)
 
@@ -137,10 +137,10 @@ def run_trials(
                 settings = LightspeedSettings(
                     base_url=url, chunk_size=chunk, max_concurrency=concurrency, timeout_seconds=60
                 )
-                with tempfile.TemporaryDirectory() as state, StateStore(state).exclusive("bench"):
-                    outcome = load(
-                        payload, settings, SecretStr(token), state, "bench"
-                    )  # as the flow
+                with tempfile.TemporaryDirectory() as folder:
+                    state = StateLocation.of(folder)
+                    with StateStore(state).exclusive("bench"):
+                        outcome = load(payload, settings, SecretStr(token), state, "bench")
                 failed = len(outcome.failed)
             seconds = time.perf_counter() - started
             waited = settle(pids.get("server"))

@@ -106,12 +106,15 @@ class PrefectServer:
 
 
 @contextmanager
-def prefect_server(home: Path) -> Iterator[PrefectServer]:
-    """`prefect server start` on a free port, SQLite under `home`."""
+def prefect_server(
+    home: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free port, SQLite under `home` (unless extra_env names a database)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {"PREFECT_HOME": str(home), "PREFECT_UI_API_URL": api, "PREFECT_API_URL": ""}
+    env |= dict(extra_env or {})
     argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with _process("Prefect server", argv, env, home / "server.log") as process:
         process.wait_until_ready(lambda: http_ok(f"{api}/health"), timeout=120)

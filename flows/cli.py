@@ -13,7 +13,7 @@ import typer
 from tasks.config.errors import ConfigError
 from tasks.config.paths import state_folder
 from tasks.errors import SyncError
-from tasks.run_lock import StateBusy, lock_for_next_run
+from tasks.run_lock import StateBusy, lock_for_next_run, lock_key
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -100,8 +100,11 @@ def run_once(
             from tasks.config.settings import load_settings
 
             settings = load_settings(config)
-            if early is None or Path(settings.state.dir) != early:
-                held.enter_context(lock_for_next_run(settings.state.dir, holder))
+            from tasks.config.secrets import resolve_state
+
+            state = resolve_state(settings.state)  # a folder's file, or a shared database
+            if early is None or lock_key(early) != lock_key(state):
+                held.enter_context(lock_for_next_run(state, holder))
             return _run_flow(config, progress_every, parameters)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -144,12 +147,17 @@ def exit_status(error: SyncError) -> int:
 
 @app.command()
 def deploy(
-    config: Path = typer.Option(
-        ...,
+    config: Path | None = typer.Option(
+        None,
         "--config",
         "-c",
         envvar="INVENTORY_SYNC_CONFIG",
         help="the configuration file the runs read, as the worker's machine sees it",
+    ),
+    configs: Path | None = typer.Option(
+        None,
+        "--configs",
+        help="instead of --config: a folder of supplier configurations, each deployed on its own",
     ),
     timezone: str = typer.Option(
         "UTC", "--timezone", envvar="INVENTORY_SYNC_TIMEZONE", help="timezone of the schedules"
@@ -174,14 +182,30 @@ def deploy(
     automations_file: Path = typer.Option(
         None, "--automations-file", help="the automations (default: deployments/automations.yaml)"
     ),
+    pool_limit: int | None = typer.Option(
+        None, "--pool-limit", min=1, help="with --configs: runs at once on the pool (no limit)"
+    ),
+    worker_folder: Path | None = typer.Option(
+        None, "--worker-folder", help="with --configs: where the workers see that folder"
+    ),
 ) -> None:
     """Set up the Prefect server at $PREFECT_API_URL: work pool, deployments, automations.
 
-    Creates what is missing and updates what differs; running it again changes nothing.
+    With --configs, each supplier configuration of the folder gets its own deployments (named
+    after its state.tenant, with its config_path and tags) and each API account with
+    lightspeed.account_limit its request limit. Creates what is missing and updates what
+    differs; running it again changes nothing.
     """
+    target = configs if configs is not None else config
+    if target is None or (config is not None and configs is not None):
+        typer.echo("error: give --config FILE or --configs FOLDER (one of the two)", err=True)
+        raise typer.Exit(EXIT_USAGE)
     raise typer.Exit(
         deploy_to_server(
-            config,
+            target,
+            suppliers=configs is not None,
+            pool_limit=pool_limit,
+            worker_folder=worker_folder,
             timezone=timezone,
             notify=notify,
             missed_heartbeats=missed_heartbeats,
@@ -213,10 +237,16 @@ def deploy_to_server(config: Path, **choices: Any) -> int:
             err=True,
         )
         return EXIT_USAGE
-    if not config.is_file():
+    if choices["suppliers"] and not config.is_dir():
+        typer.echo(f"error: --configs {config}: not a folder", err=True)
+        return EXIT_USAGE
+    if not choices["suppliers"] and not config.is_file():
         typer.echo(f"warning: {config} is not a file here; the worker's machine must have it")
     options = SetupOptions(
         config_path=config,
+        suppliers=choices["suppliers"],
+        pool_limit=choices["pool_limit"],
+        worker_folder=choices["worker_folder"],
         timezone=choices["timezone"],
         notify=choices["notify"],
         missed_heartbeats=choices["missed_heartbeats"],
@@ -264,6 +294,9 @@ def _set_up(api_url: str, options: Any) -> int:
     typer.echo(f"Setting up the Prefect server at {api_url}")
     try:
         report = set_up_server(api_url, options, say=lambda line: typer.echo(f"  {line}"))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
     except SetupError as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_FAILED
@@ -330,6 +363,67 @@ def watch_feeds(config: Path) -> int:
     except WatchError as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+@app.command("migrate-state")
+def migrate_state(
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="the configuration whose state.url receives the state"
+    ),
+    source: str = typer.Option(
+        ..., "--from", help="the state to copy: a state.dir folder, or sqlite:///<file>"
+    ),
+    from_tenant: str = typer.Option(
+        "default", "--from-tenant", help="the tenant to copy from the source"
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="overwrite state the target already holds for its tenant"
+    ),
+) -> None:
+    """Copy a state (e.g. one machine's SQLite) into the configuration's state database.
+
+    Both states are locked meanwhile, so no sync runs on either; the source is left as it was.
+    Exit status: 0 copied; 1 refused (nothing copied); 2 bad configuration or usage; 3 a run
+    holds either state.
+    """
+    raise typer.Exit(migrate_once(config, source, from_tenant, replace))
+
+
+def migrate_once(config: Path, source: str, from_tenant: str, replace: bool) -> int:
+    """Copy the state; print what was copied; return the exit status."""
+    from tasks.config.secrets import resolve_state
+    from tasks.config.settings import load_settings
+    from tasks.state import StateLocation
+    from tasks.state.migrate import RUN_NAME, MigrationRefused, copy_tenant, opened_source
+
+    try:
+        target_location = resolve_state(load_settings(config).state)
+        source_location = StateLocation.of(source, from_tenant)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    if (source_location.url, source_location.tenant) == (
+        target_location.url,
+        target_location.tenant,
+    ):
+        typer.echo(f"error: the source is the target ({target_location})", err=True)
+        return EXIT_USAGE
+    from tasks.state import StateStore
+
+    try:
+        target = StateStore(target_location)
+        with opened_source(source_location) as origin, target.exclusive(RUN_NAME):
+            migrated = copy_tenant(origin, target, replace)
+    except MigrationRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_FAILED
+    except StateBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_BUSY
+    typer.echo(f"Copied the state of {source_location} into {target_location}:")
+    typer.echo(f"  rows: {migrated.describe()}")
+    typer.echo("Runs with this configuration now use it; the source was left unchanged.")
     return EXIT_OK
 
 

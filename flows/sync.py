@@ -20,11 +20,12 @@ from pydantic import Field
 
 from tasks.checks.payload import check_payload_task
 from tasks.checks.rows import check_rows_task
-from tasks.config.secrets import resolve_token
+from tasks.config.secrets import resolve_state, resolve_token
 from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
 from tasks.errors import SyncError, log_sync_errors_without_traceback
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
+from tasks.lightspeed.account_limit import ensure_account_limit
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.client import retry_policy
 from tasks.lightspeed.load import chunk_size_for, load
@@ -89,16 +90,19 @@ def inventory_sync(
     settings = apply_run_options(load_settings(config_path), chunk_size)
     api = settings.lightspeed
     token = resolve_token(api)
-    with StateStore(settings.state.dir).exclusive(run) as store:  # no two runs overlap
+    state = resolve_state(settings.state)
+    if api.account_limit:  # requests in flight on the API account, across every run on it
+        logger.info("account limit %s", ensure_account_limit(api))
+    with StateStore(state).exclusive(run) as store:  # no two runs of this tenant overlap
         catalog_future = read_catalog_task.with_options(
             **retry_policy(api, CATALOG_RETRIES)
-        ).submit(settings.catalog, api, token, settings.state.dir, refresh=full or refresh_catalog)
+        ).submit(settings.catalog, api, token, state, refresh=full or refresh_catalog)
         extracted = extract_all(select_warehouses(settings, warehouses))
         extracted, stale_notes = guard_feed_ages(
             extracted, settings.warehouses, store, datetime.now(UTC)
         )
         catalog_read = settle_catalog(
-            catalog_future.result(raise_on_failure=False), settings.catalog, settings.state.dir
+            catalog_future.result(raise_on_failure=False), settings.catalog, state
         )
         catalog = catalog_read.frame
 
@@ -112,7 +116,7 @@ def inventory_sync(
 
         outcome = audit = None
         if not dry_run:
-            outcome = load(changes.to_send, api, token, settings.state.dir, run_id)
+            outcome = load(changes.to_send, api, token, state, run_id)
             if settings.guards.read_back:
                 pages = settings.guards.read_back_pages
                 audit = read_back(changes.to_send, outcome, catalog, api, pages, token, store)

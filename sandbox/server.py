@@ -15,7 +15,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from http import HTTPStatus
@@ -41,6 +41,7 @@ CONTROL_ROUTES = {
     "/_sandbox/reset": ("POST",),
     "/_sandbox/bucket": ("GET", "POST"),
     "/_sandbox/products": ("POST",),
+    "/_sandbox/in-flight": ("GET",),
 }
 BUCKET_LEVEL_HEADER = "X-LS-API-Bucket-Level"
 BUCKET_DRIP_HEADER = "X-LS-API-Drip-Rate"
@@ -393,6 +394,8 @@ class SandboxServer:
         self._random = random.Random(seed)
         self._bucket = _LeakyBucket(bucket) if bucket is not None else None
         self._log: list[RecordedRequest] = []
+        self._in_flight: dict[str, int] = {}  # by the token presented ("" without one)
+        self._max_in_flight: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._httpd: _SandboxHTTPServer | None = None
@@ -469,6 +472,11 @@ class SandboxServer:
         with self._lock:
             return sorted(self._log, key=lambda request: request.at)
 
+    def max_in_flight(self) -> dict[str, int]:
+        """Per token presented: the most public requests it had in flight at once since a reset."""
+        with self._lock:
+            return dict(self._max_in_flight)
+
     def faults(self) -> list[Fault]:
         """Faults still armed, with `times` set to the uses left (None: no limit)."""
         with self._lock:
@@ -529,6 +537,7 @@ class SandboxServer:
         with self._lock:
             self._faults.clear()
             self._log.clear()
+            self._max_in_flight = {t: n for t, n in self._in_flight.items() if n}
             if checked is not None:
                 self._set_catalog(checked)
             config = self.bucket() if bucket is KEEP else bucket
@@ -584,6 +593,18 @@ class SandboxServer:
             return None, headers
         retry_after = ("Retry-After", str(admission.retry_after))
         return _error(429, "rate limited: bucket full", retry_after), headers
+
+    @contextlib.contextmanager
+    def _counted(self, token: str) -> Iterator[None]:
+        """Count a public request as in flight, for its token, until it is answered or dropped."""
+        with self._lock:
+            now = self._in_flight[token] = self._in_flight.get(token, 0) + 1
+            self._max_in_flight[token] = max(now, self._max_in_flight.get(token, 0))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[token] -= 1
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -686,6 +707,8 @@ class SandboxServer:
                 for request in self.requests()
             ]
             return _reply(200, {"requests": rows})
+        if path == "/_sandbox/in-flight":
+            return _reply(200, {"max_in_flight": self.max_in_flight()})
         if path == "/_sandbox/faults" and method == "GET":
             return _reply(200, {"faults": [asdict(fault) for fault in self.faults()]})
         if path == "/_sandbox/bucket" and method == "GET":
@@ -747,6 +770,12 @@ class SandboxServer:
             bucket = Bucket.from_dict(bucket)
         self.reset(payload.get("products"), bucket=bucket, seed=payload.get("seed", KEEP))
         return _reply(200, {"reset": True})
+
+
+def _bearer(authorization: str | None) -> str:
+    """The token a request presents ("" when it presents none): what "an account" is here."""
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
 def _as_list(payload: object) -> list[object]:
@@ -846,7 +875,8 @@ class _Handler(BaseHTTPRequestHandler):
             payload = _decode_json(body) if body else _NO_BODY
             self._send(self.sandbox._control_reply(self.command, target.path, payload))
             return
-        self._serve_public(target.path, target.query, body, at)
+        with self.sandbox._counted(_bearer(self.headers.get("Authorization"))):
+            self._serve_public(target.path, target.query, body, at)
 
     def _serve_public(self, path: str, query: str, body: bytes | _Reply, at: float) -> None:
         """Charge the bucket, apply a fault if one fires, answer and log the request."""

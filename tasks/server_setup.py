@@ -56,6 +56,11 @@ class SetupOptions:
     late_after: timedelta = timedelta(minutes=10)
     prefect_file: Path = PREFECT_FILE
     automations_file: Path = AUTOMATIONS_FILE
+    suppliers: bool = (
+        False  # config_path is a folder of supplier configurations (tasks/suppliers.py)
+    )
+    pool_limit: int | None = None  # with suppliers: runs at once on the pool (none: no limit)
+    worker_folder: Path | None = None  # with suppliers: where the workers see the folder
 
 
 @dataclass
@@ -90,6 +95,10 @@ def set_up_server(
     environ: Mapping[str, str] | None = None,
 ) -> SetupReport:
     """Create or update the work pool, the deployments and every automation; idempotent."""
+    if options.suppliers:
+        from tasks.suppliers import set_up_suppliers
+
+        return set_up_suppliers(api_url, options, say, environ)
     deployments = read_deployments_file(options.prefect_file)
     report = SetupReport(heartbeat_seconds(deployments), say)
     with prefect_api(api_url) as client:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
+
+from tasks.config.secrets import resolve_state
+from tasks.config.settings import load_settings
+from tasks.state import StateStore
 
 TOKEN = "test-token"
 
@@ -41,3 +46,8 @@ def csv_warehouse(name: str, path: str, sku: str = "sku", qty: str = "qty", **ex
         rendered = f'"{value}"' if isinstance(value, str) else str(value).lower()
         lines.append(f"{key} = {rendered}")
     return "\n".join(lines) + "\n"
+
+
+def state_of(config: Path) -> StateStore:
+    """The state store a configuration's runs use: its database and its tenant."""
+    return StateStore(resolve_state(load_settings(config).state))

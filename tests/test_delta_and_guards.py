@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from builders import csv_warehouse, pid, product
+from builders import csv_warehouse, pid, product, state_of
 
 from flows.sync import inventory_sync
 from sandbox.server import Fault
 from tasks.guards import ChangesNotApproved, StaleFeeds
-from tasks.state import StateStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "token_env")
 
@@ -72,7 +71,7 @@ def test_state_records_only_what_the_api_accepted(six, sandbox, tmp_path):
     six.write_text(config_text)
     state, _ = run(six)
     assert state.is_failed()
-    pushed = dict(StateStore(tmp_path / "state").last_pushed().iter_rows())
+    pushed = dict(state_of(six).last_pushed().iter_rows())
     assert pushed == {pid(f"S{i}"): 10 + i for i in (0, 1, 4, 5)}
     sandbox.reset()
     mark = len(sandbox.requests())
@@ -106,7 +105,7 @@ def test_sigkill_mid_load_loses_nothing(tmp_path, sandbox, write_config, prefect
     process.wait(timeout=30)
     landed_before = sent_ids(sandbox)
     assert 0 < len(landed_before) < n  # killed in the middle
-    store = StateStore(tmp_path / "state")
+    store = state_of(config)
     recorded = dict(store.last_pushed().iter_rows())
     held = sandbox.quantities()
     assert all(held[i] == q for i, q in recorded.items())  # the state never claims too much
@@ -370,7 +369,7 @@ def test_422_for_everything_is_not_blamed_on_the_items(tmp_path, sandbox, write_
 def test_two_runs_on_the_same_state_never_overlap(six, sandbox, tmp_path):
     from tasks.state import StateBusy
 
-    with StateStore(tmp_path / "state").exclusive("the-other-run"):
+    with state_of(six).exclusive("the-other-run"):
         state, result = run(six)
     assert isinstance(result, StateBusy)
     assert "in use by run the-other-run (pid" in str(result)

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from builders import TOKEN, csv_warehouse, pid, product
+from builders import TOKEN, csv_warehouse, pid, product, state_of
 
 from flows.sync import inventory_sync
 from sandbox.server import Bucket, Fault
 from tasks.lightspeed.catalog import CatalogError
-from tasks.state import StateStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "token_env")]
 
@@ -115,7 +114,7 @@ def test_a_kill_during_a_refresh_resumes_where_it_stopped_and_never_uses_half_a_
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    store = StateStore(tmp_path / "state")
+    store = state_of(config)
     progress = store.refresh_progress()
     assert progress is not None and progress.pages >= 50
     assert store.kept_catalog() is None  # half a catalog is never kept as whole

@@ -1156,3 +1156,31 @@ def test_serve_can_rate_limit_with_a_bucket(tmp_path: Path) -> None:
     finally:
         process.kill()
     assert process.returncode == 0
+
+
+# requests in flight per account (token)
+
+
+def test_requests_in_flight_are_counted_per_token(sandbox: SandboxServer) -> None:
+    sandbox.add_fault(Fault(delay=1.5, times=5))  # every PUT below takes 1.5 s: they overlap
+
+    def send(token: str) -> int:
+        with httpx.Client(base_url=sandbox.url, timeout=5) as http:
+            body = {"products": [{"id": IDS[0], "quantity": 1}]}
+            headers = {"Authorization": f"Bearer {token}"}
+            return http.put("/inventory", json=body, headers=headers).status_code
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        statuses = list(pool.map(send, [TOKEN, TOKEN, TOKEN, "other-account", "other-account"]))
+    assert Counter(statuses) == {200: 3, 401: 2}  # refused requests were in flight too
+    assert sandbox.max_in_flight() == {TOKEN: 3, "other-account": 2}
+
+    sandbox.reset()
+    assert sandbox.max_in_flight() == {}
+    with httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=5) as http:
+        for _ in range(3):  # one after the other: never more than one at once
+            assert put(http, (IDS[0], 2)).status_code == 200
+        assert http.get("/products").status_code == 200
+        shown = http.get("/_sandbox/in-flight").json()
+    assert shown == {"max_in_flight": {TOKEN: 1}}
+    assert sandbox.max_in_flight() == {TOKEN: 1}  # control requests are not counted

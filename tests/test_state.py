@@ -15,6 +15,7 @@ import pytest
 
 from tasks.sources.feed import FEED_SCHEMA, Feed
 from tasks.state import FeedMark, StateBusy, StateStore
+from tasks.state.legacy import snapshot_file_name
 
 pytestmark = pytest.mark.fast
 
@@ -84,8 +85,7 @@ def test_a_good_feed_leaves_its_mark_and_its_rows(tmp_path):
     store.record_good_feed("east", TUESDAY, "east-2.csv", later, run="run-2")
     assert store.feed_marks() == {"east": FeedMark("east", TUESDAY, "east-2.csv", "run-2")}
     assert store.last_good_rows("east").equals(later)
-    (snapshot,) = (tmp_path / "snapshots").iterdir()  # replaced in place, no temporary left
-    assert snapshot.name.startswith("east-") and snapshot.suffix == ".parquet"
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith("state.sqlite3")] == []
 
 
 def test_every_feed_of_a_run_is_recorded(tmp_path):
@@ -113,7 +113,6 @@ def test_warehouse_names_that_look_alike_keep_separate_snapshots(tmp_path, names
         store.record_good_feed(name, MONDAY, f"{name}.csv", feed_rows(name, name), run="r")
     for name in names:
         assert store.last_good_rows(name)["sku_text"].to_list() == [name]
-    assert len(list((tmp_path / "snapshots").glob("*.parquet"))) == 2
 
 
 def test_a_second_handle_on_the_same_store_is_refused_while_a_run_holds_it(tmp_path):
@@ -224,23 +223,37 @@ def test_the_log_of_landed_requests_folds_into_the_snapshot(tmp_path):
 
 
 def test_rows_an_older_version_kept_are_read_and_folded_in(tmp_path):
-    store = StateStore(tmp_path)
-    with closing(sqlite3.connect(store.path)) as db, db:
+    """The first versions kept pushed quantities row by row, in a table `pushed`."""
+    with closing(sqlite3.connect(tmp_path / "state.sqlite3")) as db, db:
+        db.execute(
+            "CREATE TABLE pushed (product_id TEXT PRIMARY KEY, quantity INTEGER NOT NULL, "
+            "pushed_at TEXT NOT NULL, run TEXT NOT NULL)"
+        )
         db.executemany(
             "INSERT INTO pushed VALUES (?, ?, ?, ?)", [("a", 1, "t", "old"), ("b", 2, "t", "old")]
         )
+    store = StateStore(tmp_path)  # upgraded on opening: the rows are the default tenant's
     assert pushed(store) == {"a": 1, "b": 2}
     store.commit(landed(b=3), run="new")
     store.fold_pushed()
     assert pushed(store) == {"a": 1, "b": 3}
-    with closing(sqlite3.connect(store.path)) as db:
-        assert db.execute("SELECT COUNT(*) FROM pushed").fetchone() == (0,)
+    with closing(sqlite3.connect(store.location.sqlite_path)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "pushed" not in tables and not {t for t in tables if t.startswith("legacy_")}
 
 
 def test_a_snapshot_an_older_version_wrote_with_line_numbers_still_loads(tmp_path):
-    store = StateStore(tmp_path)
-    store.record_good_feed("east", MONDAY, "east.csv", feed_rows("east", "A"), "r", first_line=2)
-    [path] = (tmp_path / "snapshots").iterdir()
+    """Versions before tenants kept each last good feed as a Parquet file, once with line numbers."""
+    with closing(sqlite3.connect(tmp_path / "state.sqlite3")) as db, db:
+        db.execute(
+            "CREATE TABLE feeds (warehouse TEXT PRIMARY KEY, modified_at TEXT NOT NULL, "
+            "source TEXT NOT NULL, run TEXT NOT NULL, recorded_at TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO feeds VALUES ('east', ?, 'e.csv', 'r', ?)",
+            (MONDAY.isoformat(), MONDAY.isoformat()),
+        )
+    (tmp_path / "snapshots").mkdir()
     pl.DataFrame(
         {
             "warehouse": ["east"],
@@ -249,6 +262,8 @@ def test_a_snapshot_an_older_version_wrote_with_line_numbers_still_loads(tmp_pat
             "sku_text": ["A"],
             "quantity_text": ["1"],
         }
-    ).write_parquet(path)
+    ).write_parquet(tmp_path / "snapshots" / snapshot_file_name("east"))
+    store = StateStore(tmp_path)
     assert store.last_good_rows("east").columns == ["sku_text", "quantity_text"]
     assert store.last_good_first_line("east") == 5
+    assert store.feed_marks()["east"].modified_at == MONDAY

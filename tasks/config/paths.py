@@ -20,12 +20,18 @@ def from_config_folder(value: str, base_dir: str | None) -> str:
 
 
 def state_folder(config: str | Path) -> Path | None:
-    """The config's `state.dir`, as the validated settings will have it; None if the TOML can't say."""
+    """The config's `state.dir`, as the validated settings will have it; None if the TOML can't say.
+
+    Also None when the state is elsewhere than the default tenant of a folder (`state.url`, or
+    a `state.tenant`): its lock is known only once the settings are read.
+    """
     path = Path(config).expanduser().resolve()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     state = data.get("state", {})
+    if isinstance(state, dict) and ("url" in state or state.get("tenant", "default") != "default"):
+        return None
     folder = state.get("dir", DEFAULT_STATE_DIR) if isinstance(state, dict) else None
     return Path(from_config_folder(folder, str(path.parent))) if isinstance(folder, str) else None

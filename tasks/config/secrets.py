@@ -10,9 +10,10 @@ from pydantic import Field, SecretStr, model_validator
 
 from tasks.config.errors import ConfigError
 from tasks.config.fields import Section
+from tasks.state.location import StateLocation
 
 if TYPE_CHECKING:
-    from tasks.config.settings import LightspeedSettings
+    from tasks.config.settings import LightspeedSettings, StateSettings
 
 TOKEN_ENV = "LIGHTSPEED_TOKEN"
 SECRET_SHAPE = 'write { env = "VARIABLE" } or { secret = "prefect-secret-block" }'
@@ -67,6 +68,20 @@ def resolve_token(
             "in lightspeed.token_secret"
         )
     return SecretStr(token)
+
+
+def resolve_state(
+    settings: StateSettings, environ: Mapping[str, str] | None = None
+) -> StateLocation:
+    """Where this config's state lives, its database password read once; never logged."""
+    environ = os.environ if environ is None else environ
+    password = None
+    if settings.password is not None:
+        try:
+            password = _secret_value(settings.password, environ)
+        except ValueError as exc:
+            raise ConfigError(f"state.password: {exc}") from None
+    return StateLocation(settings.database_url, settings.tenant, password)
 
 
 def secret_refs(section: Section) -> dict[str, SecretRef]:

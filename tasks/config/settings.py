@@ -10,13 +10,29 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from tasks.config.errors import ConfigError, describe_errors
 from tasks.config.fields import Duration, Section, http_url, relative_to_config
 from tasks.config.paths import DEFAULT_STATE_DIR
+from tasks.config.secrets import SecretRef
 from tasks.sources import registry
 from tasks.sources.warehouse import WarehouseBase
+from tasks.state.location import (
+    DEFAULT_TENANT,
+    POSTGRESQL,
+    check_tenant,
+    dialect_of,
+    folder_url,
+    normalise_url,
+)
 
 BASE_URL_ENV = "LIGHTSPEED_BASE_URL"
 
@@ -53,8 +69,21 @@ class LightspeedSettings(Section):
     )
     get_cost: float = Field(1.0, ge=0, description="bucket units a GET costs (rate-limit pacing)")
     put_cost: float = Field(10.0, ge=0, description="bucket units a PUT costs (rate-limit pacing)")
+    account: str | None = Field(
+        None,
+        description="the API account the token belongs to; default: state.tenant. "
+        "Configurations naming one account share its account_limit",
+    )
+    account_limit: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="requests in flight at once on this account, across every run "
+        "(a Prefect global concurrency limit); none: no limit",
+    )
 
     _url = field_validator("base_url")(http_url)
+    _account = field_validator("account")(lambda v: v if v is None else check_tenant(v, "account"))
 
 
 class CatalogSettings(Section):
@@ -95,10 +124,42 @@ class StateSettings(Section):
     dir: str = Field(
         DEFAULT_STATE_DIR,
         validate_default=True,
-        description="where the last pushed quantities are kept",
+        description="SQLite state in this folder, unless url is set",
+    )
+    url: str | None = Field(
+        None, description="sqlite:///<file> or postgresql://user@host:port/database; replaces dir"
+    )
+    password: SecretRef | None = Field(None, description="the database password, never in the url")
+    tenant: str = Field(
+        DEFAULT_TENANT, description="whose state this is in the database (required with PostgreSQL)"
     )
 
     _resolve = field_validator("dir")(relative_to_config)
+    _tenant = field_validator("tenant")(check_tenant)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else normalise_url(value, (info.context or {}).get("base_dir"))
+
+    @model_validator(mode="after")
+    def _one_database(self) -> StateSettings:
+        if self.url is not None and "dir" in self.model_fields_set:
+            raise ValueError("set state.url or state.dir, not both (dir means a SQLite file there)")
+        shared = dialect_of(self.database_url) == POSTGRESQL
+        if self.password is not None and not shared:
+            raise ValueError("state.password is for a PostgreSQL url")
+        if shared and "tenant" not in self.model_fields_set:
+            raise ValueError(
+                'a shared database needs state.tenant = "<supplier>": whose state this is '
+                "(each supplier's key; two configs with one tenant share state and run lock)"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The state database: `url`, else the SQLite file state.sqlite3 in `dir`."""
+        return self.url or folder_url(self.dir)
 
 
 class GuardSettings(Section):
@@ -141,6 +202,18 @@ class Settings(Section):
     guards: GuardSettings = Field(default_factory=lambda: GuardSettings())
     watch: WatchSettings = Field(default_factory=lambda: WatchSettings())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _account_defaults_to_tenant(cls, data: Any) -> Any:
+        """One supplier, one account, unless the file says the account is shared."""
+        if not (isinstance(data, dict) and isinstance(data.get("lightspeed"), dict)):
+            return data
+        state = data.get("state")
+        tenant = state.get("tenant") if isinstance(state, dict) else None
+        if data["lightspeed"].get("account") is None and isinstance(tenant, str):
+            data = {**data, "lightspeed": {**data["lightspeed"], "account": tenant}}
+        return data
+
     @field_validator("warehouses")
     @classmethod
     def _unique_names(cls, value: list[Any]) -> list[Any]:
@@ -149,6 +222,11 @@ class Settings(Section):
         if repeated:
             raise ValueError(f"warehouse names must be unique; repeated: {', '.join(repeated)}")
         return value
+
+
+def account_name(settings: LightspeedSettings) -> str:
+    """The API account a configuration's requests count against."""
+    return settings.account or DEFAULT_TENANT
 
 
 @cache

@@ -24,7 +24,7 @@ from tasks.lightspeed.client import (
 from tasks.lightspeed.contract import BACKORDER, TRACKED, FlagError, parse_flag
 from tasks.progress import current as current_progress
 from tasks.read_retries import run_warning
-from tasks.state import KeptCatalog, RefreshProgress, StateStore
+from tasks.state import KeptCatalog, RefreshProgress, StateLocation, StateStore
 from tasks.text_columns import is_duplicated, needs_trimming
 
 CATALOG_SCHEMA = {
@@ -239,7 +239,7 @@ def read_catalog(
     catalog: CatalogSettings,
     lightspeed: LightspeedSettings,
     token: SecretStr,
-    state_dir: str,
+    state: StateLocation,
     refresh: bool = False,
     now: datetime | None = None,
 ) -> CatalogRead:
@@ -248,7 +248,7 @@ def read_catalog(
     if catalog.source == "file":
         assert catalog.path is not None  # enforced by the settings
         return CatalogRead(catalog_from_csv(catalog.path), f"file {catalog.path}")
-    store = StateStore(state_dir)
+    store = StateStore(state)
     kept = store.kept_catalog()
     unfinished = store.refresh_progress()
     reason = refresh_reason(kept, unfinished, catalog, lightspeed.per_page, refresh, now)
@@ -288,11 +288,11 @@ def read_catalog_task(
     catalog: CatalogSettings,
     lightspeed: LightspeedSettings,
     token: SecretStr,
-    state_dir: str,
+    state: StateLocation,
     refresh: bool = False,
 ) -> CatalogRead:
     """Read the catalog; a retry of this task resumes a refresh from the last page it kept."""
-    result = read_catalog(catalog, lightspeed, token, state_dir, refresh)
+    result = read_catalog(catalog, lightspeed, token, state, refresh)
     get_run_logger().info("catalog: %d product(s), %s", result.frame.height, result.origin)
     return result
 
@@ -300,7 +300,7 @@ def read_catalog_task(
 def settle_catalog(
     outcome: CatalogRead | BaseException,
     settings: CatalogSettings,
-    state_dir: str,
+    state: StateLocation,
     now: datetime | None = None,
 ) -> CatalogRead:
     """The catalog to use when the read failed: the kept one, if younger than max_stale_age.
@@ -312,7 +312,7 @@ def settle_catalog(
     if isinstance(outcome, Unauthorized) or not isinstance(outcome, LightspeedError | CatalogError):
         raise outcome
     now = now or datetime.now(UTC)
-    kept = StateStore(state_dir).kept_catalog()
+    kept = StateStore(state).kept_catalog()
     if kept is None:
         raise CatalogError(
             f"the catalog could not be read and none is kept from an earlier run: {outcome}"

@@ -29,6 +29,7 @@ from tasks.http_verdicts import (
     send,
     server_message,
 )
+from tasks.lightspeed.account_limit import AccountLimitMissing, SlotUnavailable, request_slot
 from tasks.lightspeed.pacing import account_pacer
 from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 from tasks.retries import retry_options
@@ -105,6 +106,7 @@ class LightspeedClient:
         self.base_url = settings.base_url + "/"
         self.per_page = settings.per_page
         self.costs = {"GET": settings.get_cost, "PUT": settings.put_cost}
+        self.settings = settings
         self.pacer = account_pacer(self.base_url, token.get_secret_value())
         self.read_policy = ReadPolicy(
             attempts=settings.read_retries + 1,
@@ -206,10 +208,17 @@ class LightspeedClient:
         self.pacer.before(cost)
         self.waited_seconds += time.monotonic() - started
         try:
-            response = send(self._http, method, url, what, content=content)
+            with request_slot(self.settings):  # the account's requests in flight, across runs
+                response = send(self._http, method, url, what, content=content)
         except Unreachable as exc:
             self.pacer.after(cost, None)
             raise RetryableError(str(exc)) from None
+        except SlotUnavailable as exc:
+            self.pacer.after(cost, None)
+            raise RetryableError(f"{what}: {exc}") from None
+        except AccountLimitMissing as exc:
+            self.pacer.after(cost, None)
+            raise FatalError(f"{what}: {exc}") from None
         self.pacer.after(cost, response.headers)
         return judge(what, response)
 

@@ -39,7 +39,7 @@ from tasks.lightspeed.client import (
     shared_client,
 )
 from tasks.progress import current as current_progress
-from tasks.state import StateStore
+from tasks.state import StateLocation, StateStore
 
 PROGRESS_KEY = "load-progress"
 LOAD_STAGE = "load"  # its counts, for the CLI's progress display
@@ -321,13 +321,13 @@ def put_chunk(
     label: str,
     settings: LightspeedSettings,
     token: SecretStr,
-    state_dir: str,
+    state: StateLocation,
     run: str,
 ) -> ChunkResult:
     """Send one chunk's requests and record each that lands; on 429 wait out Retry-After, then let Prefect retry."""
     attempt = task_run.run_count or 1
     logger = get_run_logger()
-    store = StateStore(state_dir)
+    store = StateStore(state)
     requests = plan_requests(chunk, settings.request_size)
     landed_before = store.landed_in_run(chunk["id"], run) if attempt > 1 else set()
     to_send = unlanded(requests, landed_before)
@@ -369,7 +369,11 @@ def put_chunk(
 
 
 def load(
-    payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr, state_dir: str, run: str
+    payload: pl.DataFrame,
+    settings: LightspeedSettings,
+    token: SecretStr,
+    state: StateLocation,
+    run: str,
 ) -> LoadOutcome:
     """Send every chunk, CHUNKS_IN_FLIGHT at once; a failed chunk does not stop the others.
 
@@ -377,9 +381,9 @@ def load(
     started and the ones not sent are reported as such. When the load is done, the log of
     landed requests is folded into the state's snapshot.
     """
-    store = StateStore(state_dir)
+    store = StateStore(state)
     try:
-        outcome = _load(payload, settings, token, state_dir, run)
+        outcome = _load(payload, settings, token, state, run)
         client = shared_client(settings, token, run)
         outcome.waited_seconds, outcome.requests = client.waited_seconds, client.put_calls
     finally:
@@ -393,7 +397,11 @@ def load(
 
 
 def _load(
-    payload: pl.DataFrame, settings: LightspeedSettings, token: SecretStr, state_dir: str, run: str
+    payload: pl.DataFrame,
+    settings: LightspeedSettings,
+    token: SecretStr,
+    state: StateLocation,
+    run: str,
 ) -> LoadOutcome:
     size = chunk_size_for(payload.height, settings)
     chunks = split_into_chunks(payload, size)
@@ -433,7 +441,7 @@ def _load(
                     "label": label,
                     "settings": settings,
                     "token": token,
-                    "state_dir": state_dir,
+                    "state": state,
                     "run": run,
                 }
                 in_flight[runner.submit(put, parameters=parameters)] = (number, label, chunk)

@@ -25,7 +25,7 @@ from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.client import LightspeedClient, LightspeedError
 from tasks.lightspeed.load import LoadOutcome
 from tasks.progress import current as current_progress
-from tasks.state import StateStore
+from tasks.state import StateLocation, StateStore
 
 DRIFT_SCHEMA = {"id": pl.String, "vendorSku": pl.String, "pushed": pl.Int64, "platform": pl.Int64}
 PLATFORM_SCHEMA = {"id": pl.String, "platform": pl.Int64}
@@ -106,10 +106,10 @@ def read_back_task(
     settings: LightspeedSettings,
     pages: int,
     token: SecretStr,
-    state_dir: str,
+    state: StateLocation,
 ) -> ReadBack:
     """Read this run's pages of the rotation and compare them with what was pushed."""
-    store = StateStore(state_dir)
+    store = StateStore(state)
     client = LightspeedClient(settings, token)
     catalog_pages = max(1, -(-catalog.height // settings.per_page))
     stage = current_progress().start(
@@ -162,7 +162,7 @@ def read_back(
     """
     landed = sent.filter(~pl.col("id").is_in(list(outcome.not_landed_ids)))
     state = read_back_task(
-        landed, catalog, settings, pages, token, str(store.folder), return_state=True
+        landed, catalog, settings, pages, token, store.location, return_state=True
     )
     result = state.result(raise_on_failure=False)
     if not isinstance(result, ReadBack):

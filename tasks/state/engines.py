@@ -1,0 +1,106 @@
+"""One SQLAlchemy engine per state database and process, and the schema made ready once.
+
+SQLite: WAL with synchronous=FULL, a fresh connection per use (as before SQLAlchemy: deleting
+the state folder starts afresh), and BEGIN IMMEDIATE for writes, so two writers queue on the
+busy timeout instead of failing. PostgreSQL: psycopg 3, a small pool checked before use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.pool import NullPool
+
+from tasks.state.location import POSTGRESQL, StateLocation
+from tasks.state.schema import metadata
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 60
+READ = "inventory_sync_read"  # execution option: a read-only SQLite transaction (BEGIN DEFERRED)
+SCHEMA_LOCK_KEY = 0x1A7E_0013_5C4E_0000  # advisory lock serialising CREATE TABLE on PostgreSQL
+
+_engines: dict[tuple[str, str], Engine] = {}
+_ready: set[tuple[str, str, object]] = set()
+_lock = threading.Lock()
+
+
+def engine_for(location: StateLocation) -> Engine:
+    """The process's engine for this database, its schema ready (and a pre-tenant SQLite upgraded)."""
+    password = location.password.get_secret_value() if location.password else ""
+    key = (location.url, password)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = _create(location)
+        marker = _schema_marker(location)
+        if (*key, marker) not in _ready:
+            _prepare(engine, location)
+            _ready.add((*key, _schema_marker(location)))
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and a process about to fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _ready.clear()
+
+
+def _create(location: StateLocation) -> Engine:
+    if location.dialect == POSTGRESQL:
+        return create_engine(
+            location.engine_url(),
+            pool_pre_ping=True,  # a worker outlives a database restart
+            pool_size=4,
+            max_overflow=32,
+            connect_args={"connect_timeout": 10, "application_name": "inventory-sync"},
+        )
+    engine = create_engine(
+        location.engine_url(),
+        poolclass=NullPool,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+    )
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # transactions are begun by _sqlite_begin
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=FULL")
+
+
+def _sqlite_begin(connection: Any) -> None:
+    read_only = connection.get_execution_options().get(READ, False)
+    connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
+
+
+def _schema_marker(location: StateLocation) -> object:
+    """What identifies the database file (so a deleted state folder gets its schema again)."""
+    if location.dialect == POSTGRESQL:
+        return None
+    try:
+        stat = os.stat(location.sqlite_path)
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino)
+
+
+def _prepare(engine: Engine, location: StateLocation) -> None:
+    """Create the tables that are missing; move a SQLite state from before tenants into its tenant."""
+    if location.dialect == POSTGRESQL:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            metadata.create_all(connection)
+        return
+    from tasks.state.legacy import upgrade_legacy  # polars: only when a store is opened
+
+    location.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    with engine.begin() as connection:
+        upgrade_legacy(connection, location.tenant, location.sqlite_path.parent / "snapshots")
+        metadata.create_all(connection)

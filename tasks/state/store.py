@@ -1,0 +1,378 @@
+"""What the sync remembers between runs: pushed quantities, feed ages, the catalog, read-back rotation.
+
+Every write is one transaction, committed durably (SQLite WAL with synchronous=FULL, or a
+PostgreSQL commit): a process killed at any moment leaves either the whole request recorded
+or none of it. Everything is keyed by tenant, so many suppliers can share one database.
+
+Pushed quantities are a snapshot of every product (one Arrow blob) plus a log of what landed
+since, one row per accepted request; a run folds its log into the snapshot when its load is
+done. Upserting a million products row by row cost ~18 s per full sync; a log row costs what
+one small commit does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from tasks.run_lock import adopt, check_still_held, run_lock, say_who_holds
+from tasks.sources.feed import FEED_SCHEMA, Feed
+from tasks.state import schema
+from tasks.state.engines import READ, engine_for
+from tasks.state.frames import from_blob, to_blob
+from tasks.state.location import SQLITE, StateLocation
+
+READ_BACK_NEXT_PAGE = "read_back_next_page"
+# the snapshot of pushed quantities
+PUSHED_SCHEMA = {"id": pl.String, "quantity": pl.Int64, "pushed_at": pl.String, "run": pl.String}
+
+
+@dataclass(frozen=True)
+class KeptCatalog:
+    """The catalog as the last complete refresh read it."""
+
+    frame: pl.DataFrame
+    refreshed_at: datetime
+    pages: int
+    per_page: int
+
+
+@dataclass(frozen=True)
+class RefreshProgress:
+    """A catalog refresh under way: where it started, and the next page to read (None: all read)."""
+
+    started_at: datetime
+    per_page: int
+    next_url: str | None
+    pages: int
+
+
+@dataclass(frozen=True)
+class FeedMark:
+    """The feed a warehouse supplied to the last successful run."""
+
+    warehouse: str
+    modified_at: datetime
+    source: str
+    run: str
+
+
+class StateStore:
+    """One tenant's state: last pushed quantities, last good feeds, the kept catalog, the rotation."""
+
+    def __init__(self, location: StateLocation | str | Path, tenant: str | None = None) -> None:
+        self.location = StateLocation.of(location, tenant)
+        self.tenant = self.location.tenant
+        self.engine = engine_for(self.location)
+        self._dialect = self.location.dialect
+        self._reader = self.engine.execution_options(**{READ: True})
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One durable transaction, refused if this process has lost the tenant's run lock."""
+        with self.engine.begin() as connection:
+            check_still_held(connection, self.location)
+            yield connection
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._reader.connect() as connection:
+            yield connection
+
+    def _upsert(self, connection: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> None:
+        schema.upsert_rows(connection, table, rows)
+
+    def _mine(self, table: Any) -> Any:
+        return table.c.tenant == self.tenant
+
+    @contextmanager
+    def exclusive(self, run: str) -> Iterator[StateStore]:
+        """Hold the tenant's lock for a whole run; a second run on the same state fails at once.
+
+        A lock this process took for its next run (the CLI's, see `lock_for_next_run`) is
+        adopted instead of taken again.
+        """
+        holder = f"run {run}"
+        handed_over = adopt(self.location)
+        if handed_over is not None:
+            say_who_holds(handed_over, holder)
+        lock = nullcontext(handed_over) if handed_over else run_lock(self.location, holder)
+        with lock, self._keeping_the_wal():
+            yield self
+
+    @contextmanager
+    def _keeping_the_wal(self) -> Iterator[None]:
+        """SQLite: one connection open for the run, so closing the others does not checkpoint.
+
+        Each request's commit then costs about half as much; commits are as durable, and the
+        WAL is checkpointed when this one closes.
+        """
+        if self._dialect != SQLITE:
+            yield
+            return
+        with self._reader.connect() as keeper:
+            keeper.exec_driver_sql("SELECT 1 FROM marks LIMIT 1").fetchall()
+            keeper.rollback()  # the connection stays open, outside any transaction
+            yield
+
+    def last_pushed(self) -> pl.DataFrame:
+        """id, last_quantity: every product this store has seen land (and not forgotten since)."""
+        with self._reading() as db:
+            snapshot = self._snapshot(db, ["id", "quantity"])
+            pushed = fold(snapshot, _log(self._log_entries(db)).select(snapshot.columns))
+        return pushed.select("id", pl.col("quantity").alias("last_quantity"))
+
+    def commit(self, landed: pl.DataFrame, run: str) -> None:
+        """Record products the API accepted (id, quantity), in one transaction: one log row."""
+        self._append_log(run, forgotten=False, frame=landed.select("id", "quantity"))
+
+    def landed_in_run(self, product_ids: Iterable[str], run: str) -> set[str]:
+        """Which of these products this run has recorded as landed (until the run folds its log)."""
+        log = schema.pushed_log
+        query = select(log.c.frame).where(self._mine(log), log.c.run == run, log.c.forgotten == 0)
+        with self._reading() as db:
+            blobs = list(db.execute(query).scalars())
+        if not blobs:
+            return set()
+        landed = pl.concat([from_blob(blob)["id"] for blob in blobs])
+        wanted = pl.Series("id", list(product_ids), dtype=pl.String)
+        return set(wanted.filter(wanted.is_in(landed.implode())).to_list())
+
+    def forget(self, product_ids: Iterable[str]) -> None:
+        """Drop what we believe was pushed, so the next run sends these products again."""
+        ids = pl.Series("id", list(product_ids), dtype=pl.String)
+        if ids.len() == 0:
+            return
+        nothing = pl.repeat(None, ids.len(), dtype=pl.Int64, eager=True)
+        self._append_log("", forgotten=True, frame=pl.DataFrame({"id": ids, "quantity": nothing}))
+
+    def fold_pushed(self) -> int:
+        """Fold the log of landed requests into the snapshot, in one transaction; log rows folded."""
+        log = schema.pushed_log
+        with self._writing() as db:
+            entries = self._log_entries(db)
+            if not entries:
+                return 0
+            pushed = fold(self._snapshot(db), _log(entries))
+            snapshot = {"tenant": self.tenant, "folded_at": _now(), "frame": to_blob(pushed)}
+            self._upsert(db, schema.pushed_snapshot, [snapshot])
+            db.execute(delete(log).where(self._mine(log), log.c.seq <= entries[-1][0]))
+        return len(entries)
+
+    def _append_log(self, run: str, forgotten: bool, frame: pl.DataFrame) -> None:
+        row = {
+            "tenant": self.tenant,
+            "run": run,
+            "at": _now(),
+            "forgotten": int(forgotten),
+            "frame": to_blob(frame),
+        }
+        with self._writing() as db:
+            db.execute(insert(schema.pushed_log), row)
+
+    def _log_entries(self, db: Connection) -> list[tuple[int, str, str, int, bytes]]:
+        log = schema.pushed_log
+        columns = (log.c.seq, log.c.run, log.c.at, log.c.forgotten, log.c.frame)
+        query = select(*columns).where(self._mine(log)).order_by(log.c.seq)
+        return [tuple(row) for row in db.execute(query)]  # type: ignore[misc]
+
+    def _snapshot(self, db: Connection, columns: list[str] | None = None) -> pl.DataFrame:
+        """The folded snapshot (PUSHED_SCHEMA, or those columns); empty before the first fold."""
+        table = schema.pushed_snapshot
+        blob = db.execute(select(table.c.frame).where(self._mine(table))).scalar()
+        if blob is None:
+            return pl.DataFrame(schema=PUSHED_SCHEMA).select(columns or pl.all())
+        return from_blob(blob, columns)
+
+    def feed_marks(self) -> dict[str, FeedMark]:
+        table = schema.feeds
+        query = select(table.c.warehouse, table.c.modified_at, table.c.source, table.c.run)
+        with self._reading() as db:
+            rows = db.execute(query.where(self._mine(table))).fetchall()
+        return {
+            name: FeedMark(name, datetime.fromisoformat(modified), source, run)
+            for name, modified, source, run in rows
+        }
+
+    def record_good_feed(
+        self,
+        warehouse: str,
+        modified_at: datetime,
+        source: str,
+        rows: pl.DataFrame,
+        run: str,
+        first_line: int = 1,
+    ) -> None:
+        """After a successful run: remember the feed's age and keep its rows, in one transaction."""
+        key = {"tenant": self.tenant, "warehouse": warehouse}
+        mark = {"modified_at": modified_at.isoformat(), "source": source, "run": run}
+        kept = {"first_line": first_line, "frame": to_blob(rows)}
+        with self._writing() as db:
+            self._upsert(db, schema.feed_rows, [key | kept])
+            self._upsert(db, schema.feeds, [key | mark | {"recorded_at": _now()}])
+
+    def record_good_feeds(self, feeds: Iterable[Feed], run: str) -> None:
+        """Remember every feed of a successful run (see record_good_feed)."""
+        for feed in feeds:
+            self.record_good_feed(
+                feed.warehouse, feed.modified_at, feed.source, feed.rows, run, feed.first_line
+            )
+
+    def last_good_rows(self, warehouse: str) -> pl.DataFrame | None:
+        """The rows (sku_text, quantity_text) of the warehouse's last good feed."""
+        table = schema.feed_rows
+        with self._reading() as db:
+            blob = db.execute(
+                select(table.c.frame).where(self._mine(table), table.c.warehouse == warehouse)
+            ).scalar()
+        return from_blob(blob).select(list(FEED_SCHEMA)) if blob is not None else None
+
+    def last_good_first_line(self, warehouse: str) -> int:
+        """The line the first row of the warehouse's last good feed came from."""
+        table = schema.feed_rows
+        with self._reading() as db:
+            line = db.execute(
+                select(table.c.first_line).where(self._mine(table), table.c.warehouse == warehouse)
+            ).scalar()
+        return int(line) if line is not None else 1
+
+    # the catalog kept between runs, and a refresh that survives a kill
+
+    def kept_catalog(self) -> KeptCatalog | None:
+        """The catalog of the last complete refresh, or None if there has been none."""
+        table = schema.catalog
+        columns = (table.c.frame, table.c.refreshed_at, table.c.pages, table.c.per_page)
+        with self._reading() as db:
+            row = db.execute(select(*columns).where(self._mine(table))).first()
+        if row is None:
+            return None
+        frame, refreshed_at, pages, per_page = row
+        return KeptCatalog(from_blob(frame), datetime.fromisoformat(refreshed_at), pages, per_page)
+
+    def refresh_progress(self) -> RefreshProgress | None:
+        """The refresh under way, if a run started one and did not finish it."""
+        table = schema.catalog_refresh
+        columns = (table.c.started_at, table.c.per_page, table.c.next_url, table.c.pages)
+        with self._reading() as db:
+            row = db.execute(select(*columns).where(self._mine(table))).first()
+        if row is None:
+            return None
+        started_at, per_page, next_url, pages = row
+        return RefreshProgress(datetime.fromisoformat(started_at), per_page, next_url, pages)
+
+    def start_refresh(self, first_url: str, per_page: int, now: datetime) -> RefreshProgress:
+        """Begin a refresh from the first page, dropping the pages of any earlier one."""
+        pages = schema.catalog_refresh_pages
+        progress = {"started_at": now.isoformat(), "per_page": per_page, "next_url": first_url}
+        with self._writing() as db:
+            db.execute(delete(pages).where(self._mine(pages)))
+            self._upsert(
+                db, schema.catalog_refresh, [{"tenant": self.tenant, **progress, "pages": 0}]
+            )
+        return RefreshProgress(now, per_page, first_url, 0)
+
+    def save_refresh_page(self, page: int, frame: pl.DataFrame, next_url: str | None) -> None:
+        """Keep one page read, and where the next one is, in one transaction."""
+        refresh = schema.catalog_refresh
+        with self._writing() as db:
+            self._upsert(
+                db,
+                schema.catalog_refresh_pages,
+                [{"tenant": self.tenant, "page": page, "frame": to_blob(frame)}],
+            )
+            db.execute(
+                update(refresh).where(self._mine(refresh)).values(next_url=next_url, pages=page)
+            )
+
+    def refresh_pages(self) -> list[pl.DataFrame]:
+        """The pages the refresh under way has read, in order."""
+        table = schema.catalog_refresh_pages
+        with self._reading() as db:
+            blobs = db.execute(
+                select(table.c.frame).where(self._mine(table)).order_by(table.c.page)
+            ).scalars()
+            return [from_blob(blob) for blob in blobs]
+
+    def finish_refresh(
+        self, catalog: pl.DataFrame, pages: int, per_page: int, now: datetime
+    ) -> None:
+        """Make a complete refresh the kept catalog, and forget its pages, in one transaction."""
+        kept = {
+            "tenant": self.tenant,
+            "refreshed_at": now.isoformat(),
+            "products": catalog.height,
+            "pages": pages,
+            "per_page": per_page,
+            "frame": to_blob(catalog),
+        }
+        with self._writing() as db:
+            self._upsert(db, schema.catalog, [kept])
+            for table in (schema.catalog_refresh_pages, schema.catalog_refresh):
+                db.execute(delete(table).where(self._mine(table)))
+
+    # the read-back's rotation through the catalog
+
+    def read_back_start(self) -> int:
+        """The catalog page the next read-back starts at (1 when none has run)."""
+        table = schema.marks
+        with self._reading() as db:
+            value = db.execute(
+                select(table.c.value).where(self._mine(table), table.c.key == READ_BACK_NEXT_PAGE)
+            ).scalar()
+        return int(value) if value is not None else 1
+
+    def record_audit(self, pages: dict[int, int], next_page: int, now: datetime) -> None:
+        """Remember which pages were read back (page → products on it) and where to go on."""
+        audited = [
+            {"tenant": self.tenant, "page": page, "audited_at": now.isoformat(), "products": n}
+            for page, n in pages.items()
+        ]
+        mark = {"tenant": self.tenant, "key": READ_BACK_NEXT_PAGE, "value": str(next_page)}
+        with self._writing() as db:
+            self._upsert(db, schema.audited_pages, audited)
+            self._upsert(db, schema.marks, [mark])
+
+    def audited_since(self, since: datetime) -> int:
+        """How many products the read-back has compared since then (each page counted once)."""
+        table = schema.audited_pages
+        query = select(func.coalesce(func.sum(table.c.products), 0)).where(
+            self._mine(table), table.c.audited_at >= since.isoformat()
+        )
+        with self._reading() as db:
+            return int(db.execute(query).scalar_one())
+
+
+def _log(entries: list[tuple[int, str, str, int, bytes]]) -> pl.DataFrame:
+    """The log's entries in order, one row per product: PUSHED_SCHEMA, quantity null = forgotten."""
+    frames = [
+        from_blob(blob).with_columns(
+            pl.when(pl.lit(bool(forgotten)))
+            .then(None)
+            .otherwise(pl.col("quantity"))
+            .alias("quantity"),
+            pl.lit(at).alias("pushed_at"),
+            pl.lit(run).alias("run"),
+        )
+        for _, run, at, forgotten, blob in entries
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=PUSHED_SCHEMA)
+
+
+def fold(snapshot: pl.DataFrame, log: pl.DataFrame) -> pl.DataFrame:
+    """The snapshot with the log applied in order: the latest entry per product wins."""
+    if log.height == 0:
+        return snapshot
+    latest = log.unique("id", keep="last", maintain_order=True)
+    kept = snapshot.join(latest.select("id"), on="id", how="anti")
+    return pl.concat([kept, latest.filter(pl.col("quantity").is_not_null())])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
