@@ -54,7 +54,7 @@ lint: $(STAMP)
 ## lock: re-resolve requirements.lock after changing pyproject.toml (needs the network)
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv && $(BIN)/uv pip compile pyproject.toml --extra dev \
-	  --universal --python-version 3.11 --generate-hashes -o requirements.lock
+	  --extra bench --universal --python-version 3.11 --generate-hashes -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .prefect demo/feeds demo/catalog.json demo/reports

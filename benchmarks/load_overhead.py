@@ -1,6 +1,6 @@
-"""Benchmark 3: the pipeline's chunked load vs a bare httpx loop, same chunks, same sandbox.
+"""Benchmark 3: a full sync's load through Prefect vs a bare httpx loop, same requests, same sandbox.
 
-Usage: python -m benchmarks.load_overhead [--products 100000]
+Usage: python -m benchmarks.load_overhead [--products 1000000] [--no-sweep]
 """
 
 from __future__ import annotations
@@ -32,16 +32,19 @@ from benchmarks.processes import (
 )
 from benchmarks.transform import DEFAULT_ROOT
 
-PRODUCTS = 100_000
-DEFAULT_CHUNK, DEFAULT_CONCURRENCY = 500, 4  # lightspeed.chunk_size and max_concurrency
+PRODUCTS = 1_000_000
+# the target's request size (the platform's cap may be that low); lightspeed.request_size
+# defaults to 500. max_concurrency and chunk_size are the configuration's defaults.
+DEFAULT_REQUEST, DEFAULT_CONCURRENCY = 250, 4
 ROUNDS = 3  # bare and pipeline alternate, so a noisy moment hurts both alike
-SWEEP_CHUNKS = (250, 500, 1000, 2000, 5000)
-SWEEP_CONCURRENCY = (1, 2, 4, 8)
-TARGET_RATIO = 1.5
+SWEEP_REQUESTS = (100, 500, 1000, 2000)
+SWEEP_CONCURRENCY = (2, 8)
+TARGET_RATIO = 2.0
+TARGET_TASK_RUNS = 300
 
 
-def bare_loop(url: str, token: str, chunks: list[Any], concurrency: int) -> None:
-    """PUT each chunk with a plain httpx client and a thread pool: the cost of the HTTP alone."""
+def bare_loop(url: str, token: str, requests: list[Any], concurrency: int) -> None:
+    """PUT each request with a plain httpx client and a thread pool: the cost of the HTTP alone."""
     import httpx
 
     from tasks.lightspeed.load import chunk_body
@@ -50,24 +53,26 @@ def bare_loop(url: str, token: str, chunks: list[Any], concurrency: int) -> None
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(base_url=url, headers=headers, limits=limits, timeout=60) as client:
 
-        def put(chunk: Any) -> None:
-            client.put("/inventory", content=chunk_body(chunk)).raise_for_status()
+        def put(request: Any) -> None:
+            client.put("/inventory", content=chunk_body(request)).raise_for_status()
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            list(pool.map(put, chunks))
+            list(pool.map(put, requests))
 
 
-def prefect_floor(chunks: list[Any], concurrency: int) -> None:
-    """The same number of Prefect task runs, with the same parameters, that send nothing."""
+def prefect_floor(chunks: list[Any]) -> None:
+    """As many Prefect task runs as the load makes, with the same chunks, that send nothing."""
     from prefect import task
     from prefect.cache_policies import NO_CACHE
     from prefect.task_runners import ThreadPoolTaskRunner
+
+    from tasks.lightspeed.load import CHUNKS_IN_FLIGHT
 
     @task(name="noop-chunk", cache_policy=NO_CACHE)
     def noop_chunk(chunk: Any, number: int) -> int:
         return int(chunk.height)
 
-    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:  # type: ignore[var-annotated]
+    with ThreadPoolTaskRunner(max_workers=CHUNKS_IN_FLIGHT) as runner:  # type: ignore[var-annotated]
         futures = [
             runner.submit(noop_chunk, parameters={"chunk": c, "number": n})
             for n, c in enumerate(chunks, start=1)
@@ -99,6 +104,20 @@ def settle(pid: int | None, limit: float = 60.0) -> float:
     return time.perf_counter() - started
 
 
+def task_runs_tagged(tag: str) -> int:
+    """How many task runs the Prefect server holds with this tag."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    response = httpx.post(
+        f"{PREFECT_API_URL.value()}/task_runs/count",
+        json={"task_runs": {"tags": {"all_": [tag]}}},
+        timeout=60,
+    )
+    response.raise_for_status()
+    return int(response.json())
+
+
 def run_trials(
     url: str,
     token: str,
@@ -106,17 +125,17 @@ def run_trials(
     trials: list[dict[str, Any]],
     pids: dict[str, int],
 ) -> list[dict[str, Any]]:
-    """In the child, inside one Prefect flow run: each trial's seconds and CPU per process.
+    """In the child, inside one Prefect flow run: each trial's seconds, CPU, task runs made.
 
     `pids` names the other processes whose CPU to count (server, sandbox); this one is "client".
     """
     pids = {"client": os.getpid(), **pids}
     import polars as pl
-    from prefect import flow
+    from prefect import flow, tags
     from pydantic import SecretStr
 
     from tasks.config.settings import LightspeedSettings
-    from tasks.lightspeed.load import load, split_into_chunks
+    from tasks.lightspeed.load import chunk_size_for, load, split_into_chunks
     from tasks.state import StateLocation, StateStore
 
     payload = pl.read_parquet(payload_file)
@@ -124,28 +143,41 @@ def run_trials(
     @flow(name="load-benchmark")
     def trials_flow() -> list[dict[str, Any]]:
         results = []
-        for trial in trials:
-            chunk, concurrency = int(trial["chunk"]), int(trial["concurrency"])
+        for number, trial in enumerate(trials):
+            request, concurrency = int(trial["request"]), int(trial["concurrency"])
+            settings = LightspeedSettings(
+                base_url=url, request_size=request, max_concurrency=concurrency, timeout_seconds=60
+            )
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             started = time.perf_counter()
-            failed = 0
-            if trial["kind"] == "bare":
-                bare_loop(url, token, split_into_chunks(payload, chunk), concurrency)
-            elif trial["kind"] == "prefect":
-                prefect_floor(split_into_chunks(payload, chunk), concurrency)
-            else:
-                settings = LightspeedSettings(
-                    base_url=url, chunk_size=chunk, max_concurrency=concurrency, timeout_seconds=60
-                )
-                with tempfile.TemporaryDirectory() as folder:
-                    state = StateLocation.of(folder)
-                    with StateStore(state).exclusive("bench"):
-                        outcome = load(payload, settings, SecretStr(token), state, "bench")
-                failed = len(outcome.failed)
+            failed = chunks = 0
+            with tags(f"bench-trial-{number}"):  # counted on the server once all have settled
+                if trial["kind"] == "bare":
+                    bare_loop(url, token, split_into_chunks(payload, request), concurrency)
+                elif trial["kind"] == "prefect":
+                    size = chunk_size_for(payload.height, settings)
+                    prefect_floor(split_into_chunks(payload, size))
+                else:
+                    with tempfile.TemporaryDirectory() as folder:
+                        state = StateLocation.of(folder)
+                        with StateStore(state).exclusive("bench"):
+                            outcome = load(payload, settings, SecretStr(token), state, "bench")
+                    failed, chunks = len(outcome.failed), outcome.chunks
             seconds = time.perf_counter() - started
             waited = settle(pids.get("server"))
             cpu = {f"cpu_{n}": cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
-            results.append({**trial, "seconds": seconds, "failed": failed, "settle": waited, **cpu})
+            results.append(
+                {
+                    **trial,
+                    "seconds": seconds,
+                    "failed": failed,
+                    "chunks": chunks,
+                    "settle": waited,
+                    **cpu,
+                }
+            )
+        for number, result in enumerate(results):
+            result["task_runs"] = task_runs_tagged(f"bench-trial-{number}")
         return results
 
     return trials_flow()
@@ -158,20 +190,16 @@ class LoadResult:
     requests_seen: int = 0
     load: str = ""
 
-    def times(self, kind: str, chunk: int, concurrency: int) -> list[float]:
-        return [
-            t["seconds"]
-            for t in self.trials
-            if (t["kind"], t["chunk"], t["concurrency"]) == (kind, chunk, concurrency)
-        ]
+    def _matching(self, kind: str, request: int, concurrency: int) -> list[dict[str, Any]]:
+        key = (kind, request, concurrency)
+        return [t for t in self.trials if (t["kind"], t["request"], t["concurrency"]) == key]
 
-    def cpu(self, kind: str, chunk: int, concurrency: int) -> tuple[float, float, float]:
+    def times(self, kind: str, request: int, concurrency: int) -> list[float]:
+        return [t["seconds"] for t in self._matching(kind, request, concurrency)]
+
+    def cpu(self, kind: str, request: int, concurrency: int) -> tuple[float, float, float]:
         """Median CPU seconds of (client, Prefect server, sandbox) over the matching trials."""
-        matching = [
-            t
-            for t in self.trials
-            if (t["kind"], t["chunk"], t["concurrency"]) == (kind, chunk, concurrency)
-        ]
+        matching = self._matching(kind, request, concurrency)
         client, server, sandbox = (
             statistics.median(float(t.get(f"cpu_{name}", 0.0)) for t in matching)
             if matching
@@ -180,48 +208,67 @@ class LoadResult:
         )
         return client, server, sandbox
 
-    def median(self, kind: str, chunk: int, concurrency: int) -> float:
-        return statistics.median(self.times(kind, chunk, concurrency))
+    def median(self, kind: str, request: int, concurrency: int) -> float:
+        return statistics.median(self.times(kind, request, concurrency))
+
+    def task_runs(self, kind: str = "pipeline") -> int:
+        """Task runs the server recorded for one trial of `kind` at the default (the most seen)."""
+        return max(t["task_runs"] for t in self._matching(kind, *self.default))
+
+    @property
+    def default(self) -> tuple[int, int]:
+        return DEFAULT_REQUEST, DEFAULT_CONCURRENCY
+
+    @property
+    def chunks(self) -> int:
+        return int(self._matching("pipeline", *self.default)[0]["chunks"])
 
     @property
     def ratio(self) -> float:
-        default = (DEFAULT_CHUNK, DEFAULT_CONCURRENCY)
-        return self.median("pipeline", *default) / self.median("bare", *default)
+        return self.median("pipeline", *self.default) / self.median("bare", *self.default)
 
     def sweep(self) -> list[tuple[int, int, float, float]]:
-        """(chunk, concurrency, pipeline seconds, bare seconds) for every combination tried."""
+        """(request size, concurrency, pipeline seconds, bare seconds) for every combination tried."""
         combos = sorted(
-            {(t["chunk"], t["concurrency"]) for t in self.trials if t["kind"] == "pipeline"}
+            {(t["request"], t["concurrency"]) for t in self.trials if t["kind"] == "pipeline"}
         )
         return [
-            (chunk, conc, self.median("pipeline", chunk, conc), self.median("bare", chunk, conc))
-            for chunk, conc in combos
-            if self.times("bare", chunk, conc)
-        ]
+            (request, conc, self.median("pipeline", request, conc), self.median("bare", request, conc))
+            for request, conc in combos
+            if self.times("bare", request, conc)
+        ]  # fmt: skip
 
     def best(self) -> tuple[int, int, float]:
-        chunk, conc, seconds, _ = min(self.sweep(), key=lambda row: row[2])
-        return chunk, conc, seconds
+        request, conc, seconds, _ = min(self.sweep(), key=lambda row: row[2])
+        return request, conc, seconds
 
     def targets(self) -> list[tuple[str, str, bool]]:
+        size = f"{self.products / 1e6:g}M" if self.products >= 1_000_000 else f"{self.products:,}"
         return [
             (
-                f"load overhead ≤ {TARGET_RATIO}x the bare httpx loop",
-                f"{self.ratio:.2f}x",
+                f"full sync of {size} products at request_size {DEFAULT_REQUEST} ≤ "
+                f"{TARGET_RATIO:g}x the bare httpx loop",
+                f"{self.ratio:.2f}x ({self.median('pipeline', *self.default):.1f} s vs "
+                f"{self.median('bare', *self.default):.1f} s)",
                 self.ratio <= TARGET_RATIO,
-            )
+            ),
+            (
+                f"full sync of {size} products makes ≤ {TARGET_TASK_RUNS} task runs",
+                f"{self.task_runs():,} task runs ({self.chunks} chunks)",
+                self.task_runs() <= TARGET_TASK_RUNS,
+            ),
         ]
 
     def lines(self) -> list[str]:
-        default = (DEFAULT_CHUNK, DEFAULT_CONCURRENCY)
+        default = self.default
         out = [
-            f"{self.products:,} products, chunks of {DEFAULT_CHUNK}, {DEFAULT_CONCURRENCY} in "
+            f"{self.products:,} products, requests of {DEFAULT_REQUEST}, {DEFAULT_CONCURRENCY} in "
             f"flight, median of {ROUNDS} alternating rounds [load {self.load}]:",
-            f"  pipeline load (Prefect task per chunk, state commit): "
+            f"  pipeline load ({self.chunks} chunks, {self.task_runs()} task runs on the server): "
             f"{self.median('pipeline', *default):6.2f} s",
-            f"  bare httpx loop:                                      "
+            f"  bare httpx loop:                               "
             f"{self.median('bare', *default):6.2f} s",
-            f"  the same task runs doing nothing (Prefect's floor):   "
+            f"  as many task runs doing nothing:               "
             f"{self.median('prefect', *default):6.2f} s",
             f"  ratio {self.ratio:.2f}x",
             "  CPU seconds (client, Prefect server incl. its digest afterwards, sandbox):",
@@ -229,14 +276,12 @@ class LoadResult:
                 f"    {kind:<9} " + ", ".join(f"{v:.2f}" for v in self.cpu(kind, *default))
                 for kind in ("bare", "prefect", "pipeline")
             ],
-            "  sweep (chunk, concurrency: pipeline s / bare s, products/s):",
+            "  sweep (request size, concurrency: pipeline s / bare s, products/s):",
         ]
         out += [
-            f"    {chunk:>5}, {conc}: {p:6.2f} / {b:6.2f}  {self.products / p:9,.0f}/s"
-            for chunk, conc, p, b in self.sweep()
+            f"    {request:>5}, {conc}: {p:6.2f} / {b:6.2f}  {self.products / p:9,.0f}/s"
+            for request, conc, p, b in self.sweep()
         ]
-        chunk, conc, seconds = self.best()
-        out.append(f"  best: chunk_size {chunk}, max_concurrency {conc} ({seconds:.2f} s)")
         return out
 
 
@@ -245,16 +290,14 @@ def plan_trials(sweep: bool) -> list[dict[str, Any]]:
     for _ in range(ROUNDS):
         for kind in ("bare", "prefect", "pipeline"):
             trials.append(
-                {"kind": kind, "chunk": DEFAULT_CHUNK, "concurrency": DEFAULT_CONCURRENCY}
+                {"kind": kind, "request": DEFAULT_REQUEST, "concurrency": DEFAULT_CONCURRENCY}
             )
     if sweep:
-        combos = {(c, DEFAULT_CONCURRENCY) for c in SWEEP_CHUNKS}
-        combos |= {(DEFAULT_CHUNK, n) for n in SWEEP_CONCURRENCY}
-        combos |= {(2000, n) for n in (2, 8)}
-        combos.discard((DEFAULT_CHUNK, DEFAULT_CONCURRENCY))
-        for chunk, conc in sorted(combos):
+        combos = {(r, DEFAULT_CONCURRENCY) for r in SWEEP_REQUESTS}
+        combos |= {(DEFAULT_REQUEST, n) for n in SWEEP_CONCURRENCY}
+        for request, conc in sorted(combos):
             for kind in ("bare", "pipeline"):
-                trials.append({"kind": kind, "chunk": chunk, "concurrency": conc})
+                trials.append({"kind": kind, "request": request, "concurrency": conc})
     return trials
 
 
@@ -302,6 +345,7 @@ def measure(
                     "BENCH_PREFECT_SERVER_PID": str(server.pid or ""),
                     "BENCH_SANDBOX_PID": str(sandbox.pid),
                 },
+                timeout=1800,
             )
             if child.returncode != 0:
                 raise RuntimeError(f"load benchmark failed:\n{child.output[-3000:]}")

@@ -1,4 +1,4 @@
-"""Run the five benchmarks and rewrite docs/benchmarks.md with their figures.
+"""Run the five benchmarks and rewrite docs/benchmarks.md with their figures and plots.
 
 Usage: python -m benchmarks.runner [--smoke] [--out docs/benchmarks.md]
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import arrival, cycle, load_overhead, pandas_reference, transform
+from benchmarks import arrival, cycle, load_overhead, pandas_reference, plots, suppliers, transform
 from benchmarks import dataset as data
 from benchmarks.machine import describe, load_average
 from benchmarks.processes import ROOT
@@ -90,8 +90,44 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def render(results: Results) -> str:
-    """docs/benchmarks.md: command, machine, targets, then each benchmark's figures."""
+def draw_plots(results: Results, folder: Path) -> dict[str, str]:
+    """The doc's pictures, written into `folder`; which file each section shows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn: dict[str, str] = {}
+    if results.transform is not None and results.transform.sizes:
+        points = [
+            plots.SizePoint(
+                s.products,
+                s.seconds,
+                s.child.peak_rss_gb,
+                s.floor_seconds,
+                s.floor.peak_rss_gb if s.floor else None,
+            )
+            for s in results.transform.sizes
+        ]
+        plots.transform_plot(points, folder / plots.TRANSFORM)
+        drawn["transform"] = plots.TRANSFORM
+    if results.load is not None:
+        concurrency = load_overhead.DEFAULT_CONCURRENCY
+        rows = [(r, p, b) for r, c, p, b in results.load.sweep() if c == concurrency]
+        if rows:
+            plots.load_plot(results.load.products, rows, concurrency, folder / plots.LOAD)
+            drawn["load"] = plots.LOAD
+    if results.cycle is not None:
+        runs = [r for r in [results.cycle.full_sync, *results.cycle.runs] if r and r.stages]
+        if runs:
+            plots.cycle_plot([(r.label, r.stages) for r in runs], folder / plots.CYCLE)
+            drawn["cycle"] = plots.CYCLE
+    return drawn
+
+
+def _picture(images: dict[str, str], key: str, caption: str) -> list[str]:
+    return [f"![{caption}]({images[key]})", ""] if key in images else []
+
+
+def render(results: Results, images: dict[str, str] | None = None) -> str:
+    """docs/benchmarks.md: command, machine, targets, then each benchmark's figures and plots."""
+    images = images or {}
     out = [
         "# Benchmarks",
         "",
@@ -99,8 +135,7 @@ def render(results: Results) -> str:
         f"{results.seconds / 60:.1f} min; do not edit by hand. Machine: {describe()}. "
         f"Load average at the start: {results.load_at_start}. Every figure carries the load "
         "average (1, 5, 15 min) when it was taken: on a shared machine, compare with care. "
-        "No plots: matplotlib is not among the project's dependencies; the size and sweep "
-        "tables stand in for the curves.",
+        "The plots are drawn by the same run (matplotlib, the `bench` extra).",
         "",
         "## Targets",
         "",
@@ -109,13 +144,13 @@ def render(results: Results) -> str:
         ["target", "measured", "met"],
         [[t, f, "yes" if met else "**no**"] for t, f, met in results.targets()],
     )
-    out += ["", *_transform_section(results), *_reference_section(results)]
-    out += [*_load_section(results), *_cycle_section(results), *_arrival_section(results)]
-    out += _how_section()
+    out += ["", *_transform_section(results, images), *_reference_section(results)]
+    out += [*_load_section(results, images), *_cycle_section(results, images)]
+    out += [*_arrival_section(results), *_how_section()]
     return "\n".join(out) + "\n"
 
 
-def _transform_section(results: Results) -> list[str]:
+def _transform_section(results: Results, images: dict[str, str]) -> list[str]:
     part = results.transform
     if part is None:
         return []
@@ -130,28 +165,48 @@ def _transform_section(results: Results) -> list[str]:
         f"{data.BAD_ROW_SHARE:.2%} of rows each with an empty SKU, an unknown SKU, `abc`, "
         "`3.5` or a negative quantity; 1 % `12.0`, 0.5 % padded. The catalog is read from its "
         'CSV (`catalog.source = "file"`), alongside the feeds as in the flow. Stages 1-4 '
-        "of the flow with its own functions, in a fresh process after the imports; peak = "
-        "the process's peak RSS (wait4), imports included.",
+        "of the flow with its own functions, in a fresh process after the imports (Great "
+        "Expectations and Prefect: about a third of a GB); peak = the process's peak RSS "
+        "(wait4), imports included. Beside it, in its own process, the floor "
+        "(`benchmarks/floor.py`): plain polars doing the same read, parse, per-warehouse sum, "
+        "safety stock, cross-warehouse sum and catalog join, with no checks and no reports, "
+        "importing polars only. At 1M products each runs "
+        f"{transform.ROUNDS_AT_TARGET} times, alternating, and the median run is shown.",
         "",
     ]
     stages = list(part.sizes[0].figures["stages"]) if part.sizes else []
     rows = []
     for size in part.sizes:
+        floor_cells = (
+            [
+                f"{size.floor_seconds:.1f}",
+                f"{size.floor.peak_rss_gb:.2f}",
+                f"{size.time_ratio:.2f}x",
+                f"{size.memory_ratio:.2f}x",
+            ]
+            if size.floor is not None and size.floor_seconds
+            else ["", "", "", ""]
+        )
         rows.append(
             [
                 f"{size.products:,}",
                 f"{size.rows:,}",
                 f"{size.feed_mb:,.0f}",
                 f"**{size.seconds:.1f}**",
+                f"{size.figures.get('cpu_seconds', 0.0):.1f}",
                 f"**{size.child.peak_rss_gb:.2f}**",
+                *floor_cells,
                 *[f"{size.figures['stages'][s]:.1f}" for s in stages],
                 size.load,
             ]
         )
     out += _table(
-        ["products", "rows", "feed MB", "seconds", "peak GB", *[f"{s} s" for s in stages], "load"],
+        [
+            "products", "rows", "feed MB", "seconds", "CPU s", "peak GB", "floor s",
+            "floor peak GB", "time / floor", "memory / floor", *[f"{s} s" for s in stages], "load",
+        ],
         rows,
-    )
+    )  # fmt: skip
     biggest = part.sizes[-1] if part.sizes else None
     if biggest is not None and len(part.sizes) > 1:
         first = part.sizes[0]
@@ -168,7 +223,7 @@ def _transform_section(results: Results) -> list[str]:
         for s in part.sizes
     ]
     out += ["", "Peak RSS (GB) after each stage: " + "; ".join(peaks) + ".", ""]
-    return out
+    return out + _picture(images, "transform", "Transform time and peak memory against products")
 
 
 def _reference_section(results: Results) -> list[str]:
@@ -210,30 +265,40 @@ def _reference_section(results: Results) -> list[str]:
     ]
 
 
-def _load_section(results: Results) -> list[str]:
+def _load_section(results: Results, images: dict[str, str]) -> list[str]:
     part = results.load
     if part is None:
         return []
-    default = (load_overhead.DEFAULT_CHUNK, load_overhead.DEFAULT_CONCURRENCY)
+    default = part.default
     out = [
-        "## 3. Load overhead",
+        "## 3. Load: a full sync through Prefect against a bare httpx loop",
         "",
         f"{part.products:,} products to the sandbox API (`inventory-sync-dev sandbox`, its own "
-        "process) with a local Prefect server (its own process): the pipeline's `load()` "
-        "(a Prefect task run per chunk, retries, a state commit per chunk, progress artifact) "
-        "against a bare httpx loop with a thread pool sending the same chunks with the same "
+        "process) with a local Prefect server (its own process), on the same cores: the "
+        "pipeline's `load()` (requests of `request_size` products grouped in chunks, a Prefect "
+        "task run per chunk, retries, a state commit per accepted request, progress artifact) "
+        "against a bare httpx loop with a thread pool sending the same requests with the same "
         f"concurrency, alternating, median of {load_overhead.ROUNDS} [load {part.load}]. "
-        "A third arm runs the same number of Prefect task runs, with the same chunks as "
-        "parameters, doing nothing: what orchestration alone costs. CPU seconds are per "
-        "process; the Prefect server's include the digest it does after a trial returns "
-        "(the next trial waits for it, so one trial's digest does not slow the next).",
+        "A third arm runs as many Prefect task runs as the load makes, with the same chunks as "
+        "parameters, doing nothing: what orchestration alone costs. Task runs are counted on "
+        "the Prefect server. CPU seconds are per process; the Prefect server's include the "
+        "digest it does after a trial returns (the next trial waits for it, so one trial's "
+        "digest does not slow the next).",
         "",
         *_table(
-            ["at the default", "seconds", "client CPU s", "Prefect server CPU s", "sandbox CPU s"],
+            [
+                f"request_size {default[0]}, {default[1]} in flight",
+                "seconds",
+                "task runs",
+                "client CPU s",
+                "Prefect server CPU s",
+                "sandbox CPU s",
+            ],
             [
                 [
                     label,
                     f"{part.median(kind, *default):.2f}",
+                    f"{part.task_runs(kind):,}",
                     *[f"{v:.2f}" for v in part.cpu(kind, *default)],
                 ]
                 for kind, label in (
@@ -246,7 +311,7 @@ def _load_section(results: Results) -> list[str]:
         "",
         *_table(
             [
-                "chunk_size",
+                "request_size",
                 "max_concurrency",
                 "pipeline s",
                 "bare loop s",
@@ -255,35 +320,37 @@ def _load_section(results: Results) -> list[str]:
             ],
             [
                 [
-                    f"{chunk}" + (" (default)" if (chunk, conc) == default else ""),
+                    f"{request}" + (" (target)" if (request, conc) == default else ""),
                     str(conc),
                     f"{p:.2f}",
                     f"{b:.2f}",
-                    f"{p / b:.1f}x",
+                    f"{p / b:.2f}x",
                     f"{part.products / p:,.0f}",
                 ]
-                for chunk, conc, p, b in part.sweep()
+                for request, conc, p, b in part.sweep()
             ],
         ),
     ]
-    chunks = -(-part.products // default[0])
+    chunks = part.chunks
     bare, floor, pipeline = (part.cpu(k, *default) for k in ("bare", "prefect", "pipeline"))
+    requests = -(-part.products // default[0])
     out += [
         "",
-        f"Per chunk at the default ({chunks} chunks): the bare loop uses "
-        f"{1000 * bare[0] / chunks:.1f} ms of client CPU; Prefect's task run alone "
+        f"At the target ({requests:,} requests in {chunks} chunks): the bare loop uses "
+        f"{1000 * bare[0] / requests:.2f} ms of client CPU per request; each task run costs "
         f"{1000 * (floor[0] - bare[0]) / chunks:.1f} ms more in the client and "
-        f"{1000 * floor[1] / chunks:.0f} ms in the Prefect server; the pipeline's task runs "
-        f"use {1000 * (pipeline[0] - floor[0]) / chunks:.1f} ms more client CPU each than "
-        "empty ones (HTTP, body, state commit, and Prefect's engine doing more for them).",
+        f"{1000 * floor[1] / chunks:.0f} ms in the Prefect server, i.e. "
+        f"{1000 * (floor[0] - bare[0] + floor[1]) / requests:.2f} ms per request once "
+        f"{requests // chunks} requests share a task run; the pipeline's chunks use "
+        f"{1000 * (pipeline[0] - floor[0]) / requests:.2f} ms more client CPU per request than "
+        "empty task runs (the requests' bodies, the state log, a log line each, Prefect's "
+        "engine doing more for them).",
+        "",
     ]
-    if part.sweep():
-        chunk, conc, seconds = part.best()
-        out += ["", f"Fastest: chunk_size {chunk}, max_concurrency {conc} ({seconds:.2f} s)."]
-    return [*out, ""]
+    return out + _picture(images, "load", "Load throughput against request size")
 
 
-def _cycle_section(results: Results) -> list[str]:
+def _cycle_section(results: Results, images: dict[str, str]) -> list[str]:
     part = results.cycle
     if part is None:
         return []
@@ -292,7 +359,9 @@ def _cycle_section(results: Results) -> list[str]:
         + part.runs
         + ([part.refresh] if part.refresh else [])
     )
-    return [
+    staged = [run for run in runs if run.stages]
+    names = [name for name, _ in staged[0].stages] if staged else []
+    out = [
         "## 4. The 15-minute cycle",
         "",
         f"`inventory-sync run --config …` as a fresh process against a persistent "
@@ -302,7 +371,8 @@ def _cycle_section(results: Results) -> list[str]:
         f"{cycle.CHANGED_SHARE:.0%} of quantities changed (the kept catalog, no catalog GETs; "
         "the read-back reads its 50 pages of the rotation), and last a full catalog refresh "
         f"through {cycle.PAGE_FAULT_SHARE:.0%} page faults. Requests and bytes are from the "
-        "sandbox's request log (bytes in: request line, headers and body; out: response bodies).",
+        "sandbox's request log (bytes in: request line, headers and body; out: response "
+        "bodies). Stages are read from the run's own log (where each one's last line is).",
         "",
         *_table(
             ["run", "seconds", "products sent", "requests", "MB sent", "MB received", "load"],
@@ -321,6 +391,13 @@ def _cycle_section(results: Results) -> list[str]:
         ),
         "",
     ]
+    if staged:
+        out += _table(
+            ["run", *[f"{name} s" for name in names]],
+            [[run.label, *[f"{sec:.1f}" for _, sec in run.stages]] for run in staged],
+        )
+        out.append("")
+    return out + _picture(images, "cycle", "The cycle's stages, end to end")
 
 
 def _arrival_section(results: Results) -> list[str]:
@@ -382,10 +459,11 @@ def _how_section() -> list[str]:
         "## Running them",
         "",
         "```sh",
-        "make bench                                   # all five, rewrites this file",
+        "make bench                                   # all five, rewrites this file and its plots",
         ".venv/bin/python -m benchmarks.transform --sizes 100000,1000000",
+        ".venv/bin/python -m benchmarks.floor --products 1000000",
         ".venv/bin/python -m benchmarks.pandas_reference --products 1000000",
-        ".venv/bin/python -m benchmarks.load_overhead --products 100000",
+        ".venv/bin/python -m benchmarks.load_overhead --products 1000000",
         ".venv/bin/python -m benchmarks.cycle --products 1000000",
         ".venv/bin/python -m benchmarks.arrival --products 10000,1000000 --rounds 5",
         "```",
@@ -404,8 +482,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = args.command or shlex.join(["python", "-m", "benchmarks.runner", *(argv or [])])
     results = run_all(args.root, SMOKE if args.smoke else Plan(), command)
-    args.out.write_text(render(results), encoding="utf-8")
-    print(f"wrote {args.out}")
+    images = draw_plots(results, args.out.parent)
+    kept = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    args.out.write_text(render(results, images), encoding="utf-8")
+    suppliers.keep_section(kept, args.out)  # written by its own, longer benchmark
+    print(f"wrote {args.out} and {', '.join(images.values())}")
 
 
 if __name__ == "__main__":

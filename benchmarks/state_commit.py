@@ -3,9 +3,11 @@
 Usage: python -m benchmarks.state_commit [--rows 250] [--commits 300] [--postgres URL]
 
 Each commit records `rows` products keyed by UUID in one transaction, the way an accepted PUT
-is recorded: one row of the log of landed requests (an Arrow blob). The raw sqlite3 arm is the
-code of the single-tenant version (a connection per commit). Then one fold of the log into
-the snapshot, for the number of commits made. Medians of wall and CPU time; the arms alternate, so a
+is recorded: one row of the log of landed requests (its ids as text, its quantities as int64
+bytes). The raw sqlite3 arms are the code of the single-tenant version: before issue 11 (a
+connection per commit, synchronous=FULL, an Arrow blob per row) and after it (a connection
+kept per thread, synchronous=NORMAL, text and bytes). Then one fold of the log into the
+snapshot, for the number of commits made. Medians of wall and CPU time; the arms alternate, so a
 busy neighbour slows them alike. Without --postgres a throwaway server is started (tests/postgres.py).
 """
 
@@ -30,10 +32,13 @@ from benchmarks.machine import load_average
 from benchmarks.processes import ROOT
 
 RAW_LOG_ROW = "INSERT INTO pushed_log (run, at, forgotten, frame) VALUES (?, ?, 0, ?)"
+RAW_TEXT_LOG_ROW = (
+    "INSERT INTO pushed_log (run, at, products, ids, quantities) VALUES (?, ?, ?, ?, ?)"
+)
 
 
 def raw_sqlite_arm(folder: Path) -> Callable[[pl.DataFrame], None]:
-    """The single-tenant version's commit (issue 11): a fresh sqlite3 connection, one log row."""
+    """The single-tenant version's commit before issue 11: a fresh connection, an Arrow blob."""
     path = folder / "raw.sqlite3"
     with sqlite3.connect(path) as db:
         db.execute(
@@ -55,6 +60,27 @@ def raw_sqlite_arm(folder: Path) -> Callable[[pl.DataFrame], None]:
             db.close()
 
     commit.keeper = keeper  # type: ignore[attr-defined]
+    return commit
+
+
+def raw_sqlite_text_arm(folder: Path) -> Callable[[pl.DataFrame], None]:
+    """The single-tenant version's commit after issue 11: one connection, NORMAL, text and bytes."""
+    path = folder / "raw-text.sqlite3"
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(
+        "CREATE TABLE pushed_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL, "
+        "at TEXT NOT NULL, products INTEGER NOT NULL, ids TEXT NOT NULL, quantities BLOB)"
+    )
+
+    def commit(landed: pl.DataFrame) -> None:
+        ids = landed["id"].str.join("\n").item()
+        quantities = landed["quantity"].cast(pl.Int64).to_numpy().astype("<i8").tobytes()
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        db.execute(RAW_TEXT_LOG_ROW, ("bench", now, landed.height, ids, quantities))
+
+    commit.keeper = db  # type: ignore[attr-defined]
     return commit
 
 
@@ -100,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         stack.enter_context(lite.exclusive("bench"))  # as in a run: the lock is held
         stack.enter_context(shared.exclusive("bench"))
         arms = {
-            "sqlite3, single-tenant version": raw_sqlite_arm(folder),
+            "sqlite3, single-tenant, before issue 11": raw_sqlite_arm(folder),
+            "sqlite3, single-tenant, issue 11": raw_sqlite_text_arm(folder),
             "StateStore on SQLite (SQLAlchemy Core)": lambda f: lite.commit(f, "bench"),
             "StateStore on PostgreSQL": lambda f: shared.commit(f, "bench"),
         }

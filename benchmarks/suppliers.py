@@ -276,6 +276,13 @@ def write_section(text: str, doc: Path = DOC) -> None:
     doc.write_text(updated, encoding="utf-8")
 
 
+def keep_section(previous: str, doc: Path = DOC) -> None:
+    """After the doc was rewritten without it, put back the section `previous` held, if any."""
+    found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", previous, re.S)
+    if found:
+        write_section(found.group(0), doc)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from tasks.checks.payload import check_payload_task
 from tasks.checks.rows import check_rows_task
+from tasks.checks.suites import preload as preload_validation
 from tasks.config.secrets import resolve_state, resolve_token
 from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
@@ -79,7 +80,7 @@ def inventory_sync(
             feed, so no product gets a partial sum. Empty: read all warehouses.
         chunk_size: Products per chunk (one task run each) for this run only; they are sent in
             PUTs of lightspeed.request_size. Empty: lightspeed.chunk_size, else a size that
-            keeps the run to about 200 chunks.
+            keeps the run to at most 100 chunks.
         approve_large_changes: Send even if the change guard trips (after a stock count, say).
         refresh_catalog: Read the whole catalog from the API now, not the one kept between
             runs (a full run always does): for products added or re-flagged since.
@@ -90,6 +91,7 @@ def inventory_sync(
     settings = apply_run_options(load_settings(config_path), chunk_size)
     api = settings.lightspeed
     token = resolve_token(api)
+    preload_validation()  # Great Expectations loads (~3 s) while the feeds are read
     state = resolve_state(settings.state)
     if api.account_limit:  # requests in flight on the API account, across every run on it
         logger.info("account limit %s", ensure_account_limit(api))

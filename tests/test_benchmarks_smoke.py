@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import dataset as data  # the repo root is on pytest's pythonpath
-from benchmarks.runner import SMOKE, render, run_all
+from benchmarks.runner import SMOKE, draw_plots, render, run_all
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +24,34 @@ def test_all_five_run_and_write_the_doc(tmp_path: Path, prefect_api: str) -> Non
     results = run_all(tmp_path / "data", SMOKE, "smoke", api=prefect_api)
 
     assert results.transform is not None and results.transform.sizes[0].rows > 0
+    assert results.transform.sizes[0].floor_seconds is not None  # the floor ran beside it
     assert results.reference is not None and results.reference.same_output
     assert results.load is not None
     assert {t["kind"] for t in results.load.trials} == {"bare", "prefect", "pipeline"}
+    assert results.load.task_runs() == results.load.chunks > 0  # counted on the server
     assert results.cycle is not None and results.cycle.full_sync is not None
     [change] = results.cycle.runs
     assert change.child.returncode == 0 and change.sent == change.changed > 0
     assert change.requests.get("PUT /inventory", 0) >= 1 and change.bytes_in > 0
+    assert [name for name, _ in change.stages][:2] == [
+        "start-up: imports, config, flow run",
+        "extract and catalog",
+    ]
+    assert abs(sum(seconds for _, seconds in change.stages) - change.seconds) < 0.01
 
     assert results.arrival is not None
     [arrived] = results.arrival.sizes
     assert len(arrived.seconds) == 1 and arrived.seconds[0] > 0
 
-    doc = render(results)
+    images = draw_plots(results, tmp_path / "docs")
+    assert sorted(images) == ["cycle", "load", "transform"]
+    assert all((tmp_path / "docs" / name).stat().st_size > 1000 for name in images.values())
+    doc = render(results, images)
     headings = ("## Targets", "## 1. Transform", "## 2.", "## 3. Load", "## 4. The 15", "## 5.")
     for heading in headings:
         assert heading in doc
-    # reference, load, and the cycle's time, GETs and refresh; the transform's are for 1M only
-    assert len(results.targets()) == 5
+    assert all(f"]({name})" in doc for name in images.values())
+    # reference, load (time, task runs), and the cycle's time, GETs and refresh; the
+    # transform's are for 1M and 5M products only
+    assert len(results.targets()) == 6
     assert all(target in doc for target, _, _ in results.targets())

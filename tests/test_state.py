@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -12,15 +13,19 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from sqlalchemy import select
 
 from tasks.sources.feed import FEED_SCHEMA, Feed
-from tasks.state import FeedMark, StateBusy, StateStore
+from tasks.state import FeedMark, StateBusy, StateStore, schema
+from tasks.state.frames import to_blob
 from tasks.state.legacy import snapshot_file_name
+from tasks.state.store import PUSHED_SCHEMA, fold
 
 pytestmark = pytest.mark.fast
 
 MONDAY = datetime(2026, 11, 23, 6, 30, tzinfo=UTC)
 TUESDAY = datetime(2026, 11, 24, 6, 30, tzinfo=UTC)
+LOG_FRAME = {"id": pl.String, "quantity": pl.Int64}
 
 
 def landed(**quantities: int) -> pl.DataFrame:
@@ -267,3 +272,134 @@ def test_a_snapshot_an_older_version_wrote_with_line_numbers_still_loads(tmp_pat
     assert store.last_good_rows("east").columns == ["sku_text", "quantity_text"]
     assert store.last_good_first_line("east") == 5
     assert store.feed_marks()["east"].modified_at == MONDAY
+
+
+def log_rows(store: StateStore) -> list[tuple[str, int, str, bytes | None]]:
+    """The store's log of landed requests as stored: run, products, ids, quantities."""
+    log = schema.pushed_log
+    query = select(log.c.run, log.c.products, log.c.ids, log.c.quantities).order_by(log.c.seq)
+    with store.engine.connect() as db:
+        return [tuple(row) for row in db.execute(query)]
+
+
+def snapshot_products(store: StateStore) -> int | None:
+    with store.engine.connect() as db:
+        return db.execute(select(schema.pushed_snapshot.c.products)).scalar()
+
+
+def test_a_log_row_keeps_its_ids_as_lines_and_its_quantities_as_int64_bytes(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(landed(a=1, b=-2, c=3_000_000_000), run="run-1")
+    store.commit(landed(), run="run-1")  # nothing landed: no row
+    assert log_rows(store) == [
+        ("run-1", 3, "a\nb\nc", struct.pack("<3q", 1, -2, 3_000_000_000)),
+    ]
+    assert pushed(store) == {"a": 1, "b": -2, "c": 3_000_000_000}
+
+
+def test_a_forget_is_a_log_row_without_quantities(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(landed(a=1, b=2, c=3), run="run-1")
+    store.fold_pushed()
+    store.commit(landed(d=4), run="run-2")
+    store.forget(["b", "d", "never-pushed"])
+    assert log_rows(store)[-1] == ("", 3, "b\nd\nnever-pushed", None)
+    assert pushed(store) == {"a": 1, "c": 3}  # through the log: the snapshot still has b
+    assert store.landed_in_run(["d"], "run-2") == {"d"}  # it did land in run-2; a forget is no run
+    assert store.landed_in_run(["b", "d"], "") == set()
+    store.commit(landed(b=9), run="run-3")  # pushed again after the forget: the later entry wins
+    assert pushed(store) == {"a": 1, "b": 9, "c": 3}
+    assert store.fold_pushed() == 3
+    assert pushed(store) == {"a": 1, "b": 9, "c": 3} and snapshot_products(store) == 3
+
+
+def test_a_small_log_stays_unfolded_and_is_read_through_until_it_is_big_enough(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(landed(**{f"p{i}": i for i in range(10)}), run="full")
+    assert store.fold_pushed(unless_below=0.2) == 1, "no snapshot yet: a first sync folds"
+    assert snapshot_products(store) == 10 and log_rows(store) == []
+    store.commit(landed(p1=100), run="cycle-1")  # 1 of 10: under 20 %
+    assert store.fold_pushed(unless_below=0.2) == 0
+    assert len(log_rows(store)) == 1 and snapshot_products(store) == 10
+    assert pushed(StateStore(tmp_path))["p1"] == 100, "the log is read, folded or not"
+    store.forget(["p2"])  # 2 of 10
+    assert store.landed_in_run(["p1", "p2"], "cycle-1") == {"p1"}
+    assert pushed(store).keys() == {f"p{i}" for i in range(10)} - {"p2"}
+    assert store.fold_pushed(unless_below=0.2) == 2  # 20 %: folded
+    assert log_rows(store) == [] and snapshot_products(store) == 9
+    assert pushed(store) == {f"p{i}": i for i in range(10) if i != 2} | {"p1": 100}
+    assert store.fold_pushed(unless_below=0.2) == 0 and store.fold_pushed() == 0  # nothing left
+    store.commit(landed(p3=7), run="cycle-2")
+    assert store.fold_pushed() == 1, "without a share, any log folds"
+
+
+def test_a_fold_takes_the_latest_entry_whether_or_not_ids_repeat():
+    def log(*entries: tuple[str, int | None]) -> pl.DataFrame:
+        ids, quantities = zip(*entries, strict=True)
+        return pl.DataFrame(
+            {"id": ids, "quantity": quantities, "pushed_at": "t", "run": "r"},
+            schema=PUSHED_SCHEMA,
+        )
+
+    def folded(snapshot: pl.DataFrame, entries: pl.DataFrame) -> dict[str, int]:
+        return dict(fold(snapshot, entries).select("id", "quantity").iter_rows())
+
+    empty = pl.DataFrame(schema=PUSHED_SCHEMA)
+    assert folded(empty, log(("a", 1), ("b", 2))) == {"a": 1, "b": 2}
+    assert folded(empty, log(("a", 1), ("a", 2), ("b", None), ("b", 3))) == {"a": 2, "b": 3}
+    snapshot = log(("a", 1), ("b", 2), ("c", 3))
+    assert folded(snapshot, log(("b", 5), ("c", None))) == {"a": 1, "b": 5}
+    assert folded(snapshot, log(("b", 5), ("b", None), ("d", 4))) == {"a": 1, "c": 3, "d": 4}
+    assert fold(snapshot, empty) is snapshot
+
+
+@pytest.mark.parametrize("bad", [["a", "b\nc"], ["a", None]])
+def test_an_id_the_log_cannot_keep_is_refused_before_anything_is_written(tmp_path, bad):
+    store = StateStore(tmp_path)
+    with pytest.raises(ValueError, match="null or holds a line break"):
+        store.commit(pl.DataFrame({"id": bad, "quantity": [1, 2]}), run="run-1")
+    with pytest.raises(ValueError, match="null or holds a line break"):
+        store.forget(bad)
+    assert log_rows(store) == []
+
+
+def old_log_frame(ids: list[str], quantities: list[int | None]) -> bytes:
+    return to_blob(pl.DataFrame({"id": ids, "quantity": quantities}, schema=LOG_FRAME))
+
+
+def test_a_snapshot_and_an_arrow_log_from_before_tenants_give_the_same_last_pushed(tmp_path):
+    """The version just before tenants: pushed_log rows (seq, run, at, forgotten, Arrow frame)."""
+    snapshot = pl.DataFrame(
+        {"id": ["a", "b", "c"], "quantity": [1, 2, 3], "pushed_at": "t0", "run": "r1"}
+    )
+    with closing(sqlite3.connect(tmp_path / "state.sqlite3")) as db, db:
+        db.executescript(
+            "CREATE TABLE pushed (product_id TEXT PRIMARY KEY, quantity INTEGER NOT NULL, "
+            "pushed_at TEXT NOT NULL, run TEXT NOT NULL);"
+            "CREATE TABLE pushed_snapshot (one INTEGER PRIMARY KEY CHECK (one = 1), "
+            "folded_at TEXT NOT NULL, frame BLOB NOT NULL);"
+            "CREATE TABLE pushed_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL, "
+            "at TEXT NOT NULL, forgotten INTEGER NOT NULL, frame BLOB NOT NULL);"
+        )
+        db.execute("INSERT INTO pushed_snapshot VALUES (1, 't0', ?)", (to_blob(snapshot),))
+        db.executemany(
+            "INSERT INTO pushed_log (run, at, forgotten, frame) VALUES (?, ?, ?, ?)",
+            [
+                ("r2", "t1", 0, old_log_frame(["b", "d"], [20, 40])),
+                ("r2", "t1", 0, old_log_frame([], [])),  # a request that landed nothing
+                ("", "t2", 1, old_log_frame(["a", "d"], [None, None])),
+                ("r3", "t3", 0, old_log_frame(["d"], [41])),
+            ],
+        )
+    store = StateStore(tmp_path)
+    assert pushed(store) == {"b": 20, "c": 3, "d": 41}
+    assert log_rows(store) == [
+        ("r2", 2, "b\nd", struct.pack("<2q", 20, 40)),
+        ("", 2, "a\nd", None),
+        ("r3", 1, "d", struct.pack("<q", 41)),
+    ]
+    assert snapshot_products(store) == 3
+    assert store.landed_in_run(["a", "b", "d"], "r2") == {"b", "d"}
+    assert store.fold_pushed(unless_below=0.2) == 3  # 5 logged of 3 kept
+    assert pushed(StateStore(tmp_path)) == {"b": 20, "c": 3, "d": 41}
+    assert snapshot_products(store) == 3

@@ -25,6 +25,7 @@ from tasks.config.settings import load_settings
 from tasks.state import StateBusy, StateLocation, StateStore
 from tasks.state.frames import to_blob
 from tasks.state.legacy import is_legacy, snapshot_file_name
+from tasks.state.migrate import copy_tenant
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -90,6 +91,37 @@ def test_many_ids_at_once_stay_under_the_databases_parameter_limits(database):
     assert len(store.landed_in_run(ids, "big")) == len(ids)
     store.forget(ids[:40_000])
     assert store.last_pushed().height == 30_000
+
+
+def test_a_small_log_stays_unfolded_and_a_forget_is_kept_on_both_backends(database):
+    store = StateStore(database, "acme")
+    store.commit(frame([f"p{i}" for i in range(10)], list(range(10))), "full")
+    assert store.fold_pushed(unless_below=0.2) == 1
+    store.commit(frame(["p1"], [-100]), "cycle")
+    assert store.fold_pushed(unless_below=0.2) == 0  # 1 product of 10: read through the log
+    store.forget(["p2", "p9"])
+    expected = {f"p{i}": i for i in range(10) if i not in (2, 9)} | {"p1": -100}
+    assert dict(StateStore(database, "acme").last_pushed().iter_rows()) == expected
+    assert store.landed_in_run(["p1", "p2"], "cycle") == {"p1"}
+    assert store.fold_pushed(unless_below=0.2) == 2  # 3 of 10: folded
+    assert dict(store.last_pushed().iter_rows()) == expected
+
+
+def test_migrate_copies_a_snapshot_and_an_unfolded_log_with_its_forgets(tmp_path, postgres):
+    source = StateStore(f"sqlite:///{tmp_path / 'state.sqlite3'}", "acme")
+    source.commit(frame(["a", "b", "c", "d", "e"], [1, 2, 3, 4, 5]), "run-1")
+    source.fold_pushed()
+    source.commit(frame(["b"], [20]), "run-2")
+    source.forget(["c"])
+    assert source.fold_pushed(unless_below=0.5) == 0
+    target = StateStore(postgres.create_database(f"state_{uuid.uuid4().hex[:12]}"), "globex")
+    copied = copy_tenant(source, target)
+    assert copied.rows["pushed_log"] == 2 and copied.rows["pushed_snapshot"] == 1
+    assert dict(target.last_pushed().iter_rows()) == {"a": 1, "b": 20, "d": 4, "e": 5}
+    assert target.landed_in_run(["a", "b", "c"], "run-2") == {"b"}
+    assert target.fold_pushed(unless_below=0.5) == 0, "the snapshot's size came along"
+    assert target.fold_pushed() == 2
+    assert dict(target.last_pushed().iter_rows()) == {"a": 1, "b": 20, "d": 4, "e": 5}
 
 
 def test_a_second_run_of_a_tenant_is_refused_but_other_tenants_run(database):

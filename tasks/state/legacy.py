@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 from sqlalchemy import Connection, inspect, text
 
-from tasks.state.frames import to_blob
-from tasks.state.schema import feed_rows, metadata, pushed_snapshot
+from tasks.state.frames import from_blob, log_ids, log_quantities, to_blob
+from tasks.state.schema import feed_rows, metadata, pushed_log, pushed_snapshot
 
 # table: its columns before tenants (the one-row tables had a column `one` instead of a key)
 LEGACY_COLUMNS = {
@@ -20,7 +20,6 @@ LEGACY_COLUMNS = {
     "catalog_refresh_pages": "page, frame",
     "audited_pages": "page, audited_at, products",
     "marks": "key, value",
-    "pushed_snapshot": "folded_at, frame",
 }
 PUSHED_ROWS = {"id": pl.String, "quantity": pl.Int64, "pushed_at": pl.String, "run": pl.String}
 FIRST_LINE = "first_line"  # in a snapshot's Parquet metadata: the line of its first row
@@ -41,14 +40,16 @@ def upgrade_legacy(connection: Connection, tenant: str, snapshots: Path) -> bool
     """In the caller's transaction: copy every old table into the new schema under `tenant`.
 
     Pushed quantities kept row by row (the first versions) become the tenant's snapshot; a
-    snapshot and log of landed requests (later ones) are copied as they are. The last good
-    feeds, Parquet files under `snapshots/`, become rows of feed_rows; the files are left
-    where they are. Returns whether there was anything to upgrade.
+    snapshot and log of landed requests (later ones) are copied, each log row re-encoded as
+    its ids text and quantity bytes (see tasks.state.frames). The last good feeds, Parquet
+    files under `snapshots/`, become rows of feed_rows; the files are left where they are.
+    Returns whether there was anything to upgrade.
     """
     if not is_legacy(connection):
         return False
     present = set(inspect(connection).get_table_names())
-    old = [name for name in [*LEGACY_COLUMNS, "pushed", "pushed_log"] if name in present]
+    pushed_tables = ["pushed", "pushed_snapshot", "pushed_log"]
+    old = [name for name in [*LEGACY_COLUMNS, *pushed_tables] if name in present]
     for name in old:
         connection.execute(text(f"ALTER TABLE {name} RENAME TO legacy_{name}"))
     for index in ("pushed_log_tenant",):  # a name the new schema takes
@@ -62,20 +63,70 @@ def upgrade_legacy(connection: Connection, tenant: str, snapshots: Path) -> bool
                 ),
                 {"t": tenant},
             )
-    if "pushed_log" in old:
-        connection.execute(
-            text(
-                "INSERT INTO pushed_log (tenant, run, at, forgotten, frame) "
-                "SELECT :t, run, at, forgotten, frame FROM legacy_pushed_log ORDER BY seq"
-            ),
-            {"t": tenant},
-        )
-    if "pushed" in old and "pushed_snapshot" not in old:
+    if "pushed_snapshot" in old:
+        _snapshot_with_its_size(connection, tenant)
+    elif "pushed" in old:
         _rows_to_snapshot(connection, tenant)
+    if "pushed_log" in old:
+        _log_as_text_and_bytes(connection, tenant)
     _snapshots_to_rows(connection, tenant, snapshots)
     for name in old:
         connection.execute(text(f"DROP TABLE legacy_{name}"))
     return True
+
+
+def _snapshot_with_its_size(connection: Connection, tenant: str) -> None:
+    """The snapshot of pushed quantities as it was, with the count of its products beside it."""
+    row = connection.execute(text("SELECT folded_at, frame FROM legacy_pushed_snapshot")).first()
+    if row is not None:
+        folded_at, frame = row
+        products = from_blob(frame, ["id"]).height
+        connection.execute(
+            pushed_snapshot.insert(),
+            {"tenant": tenant, "folded_at": folded_at, "products": products, "frame": frame},
+        )
+
+
+def _log_as_text_and_bytes(connection: Connection, tenant: str) -> None:
+    """Each row of the old log (an Arrow frame of id, quantity) as ids text and quantity bytes.
+
+    In order. A request recorded with no product adds nothing and is dropped; quantities an
+    old row left null (a forget's are all null) become a forget row of their own after it.
+    A log the single-tenant version already kept as text and bytes is copied as it is.
+    """
+    if "ids" in {c["name"] for c in inspect(connection).get_columns("legacy_pushed_log")}:
+        connection.execute(
+            text(
+                "INSERT INTO pushed_log (tenant, run, at, products, ids, quantities) "
+                "SELECT :t, run, at, products, ids, quantities FROM legacy_pushed_log ORDER BY seq"
+            ),
+            {"t": tenant},
+        )
+        return
+    entries = connection.execute(
+        text("SELECT run, at, forgotten, frame FROM legacy_pushed_log ORDER BY seq")
+    ).fetchall()
+    rows: list[dict[str, object]] = []
+    for run, at, forgotten, blob in entries:
+        frame = from_blob(blob, ["id", "quantity"])
+        if forgotten:
+            frame = frame.with_columns(pl.lit(None, pl.Int64).alias("quantity"))
+        landed = frame.filter(pl.col("quantity").is_not_null())
+        dropped = frame.filter(pl.col("quantity").is_null())
+        for part, quantities in ((landed, True), (dropped, False)):
+            if part.height:
+                rows.append(
+                    {
+                        "tenant": tenant,
+                        "run": run,
+                        "at": at,
+                        "products": part.height,
+                        "ids": log_ids(part["id"]),
+                        "quantities": log_quantities(part["quantity"]) if quantities else None,
+                    }
+                )
+    if rows:
+        connection.execute(pushed_log.insert(), rows)
 
 
 def _rows_to_snapshot(connection: Connection, tenant: str) -> None:
@@ -87,7 +138,12 @@ def _rows_to_snapshot(connection: Connection, tenant: str) -> None:
         frame = pl.DataFrame([tuple(r) for r in rows], schema=PUSHED_ROWS, orient="row")
         connection.execute(
             pushed_snapshot.insert(),
-            {"tenant": tenant, "folded_at": "before tenants", "frame": to_blob(frame)},
+            {
+                "tenant": tenant,
+                "folded_at": "before tenants",
+                "products": frame.height,
+                "frame": to_blob(frame),
+            },
         )
 
 
