@@ -126,8 +126,13 @@ def write_folder(root: Path, sandboxes: dict[str, SandboxServer], state_url: str
 
 
 def paused_template(root: Path) -> Path:
-    """deployments/prefect.yaml with its schedules off: no run starts that the test did not ask."""
+    """deployments/prefect.yaml with its schedules off: no run starts that the test did not ask.
+
+    Without its arrival deployment too: no watcher runs here, and tests/test_suppliers.py checks
+    that each supplier gets one, its trigger matching that supplier's configuration.
+    """
     document = yaml.safe_load(TEMPLATE_FILE.read_text())
+    document["deployments"] = [d for d in document["deployments"] if not d.get("triggers")]
     for deployment in document["deployments"]:
         for schedule in deployment.get("schedules", []):
             schedule["active"] = False

@@ -29,6 +29,7 @@ from tasks.server_setup import (
 pytest_plugins = ["prefect_server"]
 pytestmark = pytest.mark.slow
 
+ARRIVAL_TRIGGER = "a feed arrived"  # the trigger of on-feed-arrival in deployments/prefect.yaml
 CHUNK_NAME = re.compile(r"^chunk (\d+)/(\d+) (.+)…(.+) \((\d+) products\)$")
 
 
@@ -197,6 +198,7 @@ def test_deploy_without_notify_records_alerts_and_sizes_the_heartbeat_window(ser
         NO_SUCCESS: ["do-nothing"],
         RUN_LATE: ["do-nothing"],
         FEED_STALE: ["do-nothing"],
+        ARRIVAL_TRIGGER: ["run-deployment"],  # on-feed-arrival's own trigger (issue 12)
     }
     windows = {name: a.trigger.within.total_seconds() for name, a in automations.items()}
     assert (windows[HEARTBEAT_LOST], windows[NO_SUCCESS], windows[RUN_LATE]) == (180, 2700, 600)
