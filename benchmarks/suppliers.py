@@ -231,7 +231,7 @@ def section(result: SuppliersResult, command: str) -> str:
     """The benchmark's section of docs/benchmarks.md."""
     lines = [
         BEGIN,
-        "## 5. Many suppliers on shared workers",
+        "## 6. Many suppliers on shared workers",
         "",
         f"`{command}` on {result.started}; {describe()}.",
         "",
@@ -240,7 +240,7 @@ def section(result: SuppliersResult, command: str) -> str:
         "as tenants, deployed from one folder with `inventory-sync deploy --configs`; one Prefect "
         f"server (on PostgreSQL) and two `process` workers, each running at most "
         f"{result.worker_limit} flow runs at once; `account_limit = {ACCOUNT_LIMIT}` per account, "
-        "defaults otherwise (500 products per PUT, 4 chunks in flight, read-back 50 pages). "
+        "defaults otherwise (500 products per PUT, up to 4 PUTs in flight per run, read-back 50 pages). "
         "Each pass triggers every supplier's run at once; per-supplier time is the flow run's, "
         "from Running to its end, as Prefect recorded it.",
         "",
