@@ -163,12 +163,17 @@ class CycleResult:
             requests = ", ".join(f"{n} {what}" for what, n in sorted(run.requests.items()))
             out.append(
                 f"{run.label}: {run.seconds:.1f} s, exit {run.child.returncode}, "
-                f"{run.sent:,} product(s) sent ({run.changed:,} changed); {requests}; "
+                f"{_sent_text(run.sent)} ({run.changed:,} changed); {requests}; "
                 f"sent {run.bytes_in / 1e6:,.1f} MB, received {run.bytes_out / 1e6:,.1f} MB "
                 f"[load {run.load}]"
             )
             out.append("  " + ", ".join(f"{name} {sec:.1f}s" for name, sec in run.stages))
         return out
+
+
+def _sent_text(sent: int) -> str:
+    """Products sent, as the run's summary said; -1: a dry run, which sends nothing."""
+    return "nothing sent (a dry run)" if sent < 0 else f"{sent:,} product(s) sent"
 
 
 def _sent(output: str) -> int:

@@ -380,7 +380,7 @@ def _cycle_section(results: Results, images: dict[str, str]) -> list[str]:
                 [
                     run.label,
                     f"**{run.seconds:.1f}**",
-                    f"{run.sent:,}",
+                    f"{run.sent:,}" if run.sent >= 0 else "none (dry run)",
                     ", ".join(f"{n:,} {what}" for what, n in sorted(run.requests.items())),
                     f"{run.bytes_in / 1e6:,.1f}",
                     f"{run.bytes_out / 1e6:,.1f}",

@@ -116,8 +116,9 @@ def inventory_sync(
         if guard.tripped and not (dry_run or approve_large_changes):
             ask_for_approval(guard, settings.guards.approval_timeout_seconds)
 
-        outcome = audit = None
+        outcome = audit = ahead = None
         if not dry_run:
+            ahead = store.write_feed_rows_ahead(extracted.feeds, run)  # while the load runs
             outcome = load(changes.to_send, api, token, state, run_id)
             if settings.guards.read_back:
                 pages = settings.guards.read_back_pages
@@ -133,7 +134,7 @@ def inventory_sync(
         publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
         logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
         if outcome is not None and (summary.ok or outcome.products_sent):
-            store.record_good_feeds(extracted.feeds, run)  # their data is (partly) on the platform
+            store.record_good_feeds(extracted.feeds, run, ahead)  # their data is (partly) landed
         if not summary.ok:
             raise SyncFailed(summary)
         if outcome is not None:

@@ -108,6 +108,35 @@ def test_every_feed_of_a_run_is_recorded(tmp_path):
     assert (store.last_good_first_line("east"), store.last_good_first_line("west")) == (2, 1)
 
 
+def test_rows_written_ahead_count_only_once_their_run_is_recorded(tmp_path):
+    store = StateStore(tmp_path)
+    monday = Feed("east", "east.csv", feed_rows("east", "A"), 10, MONDAY, first_line=2)
+    store.record_good_feeds([monday], run="run-1")
+
+    tuesday = Feed("east", "east-2.csv", feed_rows("east", "B", "C"), 20, TUESDAY, first_line=1)
+    failed = store.write_feed_rows_ahead([tuesday], run="run-2")
+    failed.wait()  # written, but run-2 failed: it never records them
+    assert store.last_good_rows("east")["sku_text"].to_list() == ["A"]
+    assert (store.last_good_first_line("east"), store.feed_marks()["east"].run) == (2, "run-1")
+
+    ahead = store.write_feed_rows_ahead([tuesday], run="run-3")
+    store.record_good_feeds([tuesday], run="run-3", ahead=ahead)
+    assert store.last_good_rows("east")["sku_text"].to_list() == ["B", "C"]
+    assert store.last_good_first_line("east") == 1
+    with store.engine.connect() as db:  # run-1's rows and run-2's leftovers are gone
+        kept = db.execute(select(schema.feed_rows.c.run)).scalars().all()
+    assert kept == ["run-3"]
+
+
+def test_a_failure_to_write_rows_ahead_is_raised_by_the_record(tmp_path):
+    store = StateStore(tmp_path)
+    broken = Feed("east", "east.csv", pl.DataFrame({"other": [1]}), 1, MONDAY, first_line=1)
+    ahead = store.write_feed_rows_ahead([broken], run="run-1")
+    with pytest.raises(pl.exceptions.ColumnNotFoundError):
+        store.record_good_feeds([broken], run="run-1", ahead=ahead)
+    assert store.feed_marks() == {}
+
+
 @pytest.mark.parametrize(
     "names",
     [("east/1", "east_1"), ("east 1", "east_1"), ("..", "__"), ("Ost-Lager", "ost-lager")],

@@ -150,9 +150,9 @@ def _rows_to_snapshot(connection: Connection, tenant: str) -> None:
 def _snapshots_to_rows(connection: Connection, tenant: str, snapshots: Path) -> None:
     """Each warehouse's last good feed, a Parquet file before, as a row of feed_rows."""
     warehouses = connection.execute(
-        text("SELECT warehouse FROM feeds WHERE tenant = :t"), {"t": tenant}
+        text("SELECT warehouse, run FROM feeds WHERE tenant = :t"), {"t": tenant}
     ).fetchall()
-    for (warehouse,) in warehouses:
+    for warehouse, run in warehouses:
         path = snapshots / snapshot_file_name(warehouse)
         if not path.exists():
             continue
@@ -167,6 +167,7 @@ def _snapshots_to_rows(connection: Connection, tenant: str, snapshots: Path) -> 
             {
                 "tenant": tenant,
                 "warehouse": warehouse,
+                "run": run,
                 "first_line": first_line,
                 "frame": to_blob(rows.select(FEED_TEXTS)),
             },

@@ -73,6 +73,9 @@ feed_rows = Table(  # that feed's rows (Arrow IPC), for a later run that cannot 
     metadata,
     _tenant(),
     Column("warehouse", Text, primary_key=True),
+    # the run that wrote them: the rows are current where feeds.run names that run; a run
+    # writes its rows while it loads, and only its mark makes them current (see the store)
+    Column("run", Text, primary_key=True),
     Column("first_line", Integer, nullable=False),  # the line (or record) of its first row
     Column("frame", LargeBinary, nullable=False),
 )
