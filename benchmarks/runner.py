@@ -337,14 +337,15 @@ def _load_section(results: Results, images: dict[str, str]) -> list[str]:
     out += [
         "",
         f"At the target ({requests:,} requests in {chunks} chunks): the bare loop uses "
-        f"{1000 * bare[0] / requests:.2f} ms of client CPU per request; each task run costs "
-        f"{1000 * (floor[0] - bare[0]) / chunks:.1f} ms more in the client and "
+        f"{1000 * bare[0] / requests:.2f} ms of client CPU per request; an empty task run "
+        f"costs {1000 * floor[0] / chunks:.1f} ms in the client and "
         f"{1000 * floor[1] / chunks:.0f} ms in the Prefect server, i.e. "
-        f"{1000 * (floor[0] - bare[0] + floor[1]) / requests:.2f} ms per request once "
-        f"{requests // chunks} requests share a task run; the pipeline's chunks use "
-        f"{1000 * (pipeline[0] - floor[0]) / requests:.2f} ms more client CPU per request than "
-        "empty task runs (the requests' bodies, the state log, a log line each, Prefect's "
-        "engine doing more for them).",
+        f"{1000 * (floor[0] + floor[1]) / requests:.2f} ms per request once "
+        f"{requests // chunks} requests share a task run; the pipeline uses "
+        f"{1000 * (pipeline[0] - bare[0] - floor[0]) / requests:.2f} ms more client CPU per "
+        "request than the bare loop and the empty task runs together (the state log's commit, "
+        "the request's outcome in the log, retries and pacing, Prefect's engine doing more "
+        "for a task run that works).",
         "",
     ]
     return out + _picture(images, "load", "Load throughput against request size")
