@@ -484,7 +484,7 @@ def _first_run(stack: LocalStack) -> None:
                 *schedule_lines,
                 f"  This run: {flow_run_url(stack.ui_url, run_id)}",
                 "    Artifacts tab: sync-summary, quarantine, load-progress; "
-                "Task Runs tab: one `chunk N/M …` per PUT, with its attempts.",
+                "Task Runs tab: one `chunk N/M …` per chunk of PUTs, with its attempts and each request's outcome.",
                 f"  Automations (they watch the runs; alerts are recorded only until "
                 f"`inventory-sync deploy --notify BLOCK`): {stack.ui_url}/automations",
                 f"Sandbox API: {stack.sandbox.url}/_sandbox/quantities",
