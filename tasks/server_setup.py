@@ -161,8 +161,19 @@ def heartbeat_seconds(deployments: list[dict[str, Any]]) -> int:
 # the work pool
 
 
-def ensure_work_pool(client: Any, name: str) -> str:
-    """A pool that runs one sync at a time: created as a `process` pool if missing."""
+def ensure_work_pool(
+    client: Any,
+    name: str,
+    limit: int | None = POOL_CONCURRENCY,
+    *,
+    creatable: bool = True,
+    description: str = "Runs inventory-sync flow runs as local processes, one at a time.",
+) -> str:
+    """A pool whose concurrency limit is `limit` (one sync at a time by default).
+
+    Created as a `process` pool if missing, unless not `creatable`: a docker or kubernetes pool
+    is never guessed, because its type needs its worker package.
+    """
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
@@ -170,20 +181,25 @@ def ensure_work_pool(client: Any, name: str) -> str:
     try:
         pool = client.read_work_pool(name)
     except ObjectNotFound:
+        if not creatable:
+            raise SetupError(
+                f"work pool {name!r} does not exist: create it first, e.g. "
+                f"`prefect work-pool create {name} --type docker` (or kubernetes)"
+            ) from None
         client.create_work_pool(
             WorkPoolCreate(
                 name=name,
                 type="process",
-                description="Runs inventory-sync flow runs as local processes, one at a time.",
+                description=description,
                 base_job_template=ProcessWorker.get_default_base_job_template(),
-                concurrency_limit=POOL_CONCURRENCY,
+                concurrency_limit=limit,
             )
         )
-        return f"created (type process, concurrency limit {POOL_CONCURRENCY})"
-    if pool.concurrency_limit == POOL_CONCURRENCY:
+        return f"created (type process, concurrency limit {limit or 'none'})"
+    if pool.concurrency_limit == limit:
         return "unchanged"
-    client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=POOL_CONCURRENCY))
-    return f"concurrency limit {pool.concurrency_limit} → {POOL_CONCURRENCY}"
+    client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
+    return f"concurrency limit {pool.concurrency_limit or 'none'} → {limit or 'none'}"
 
 
 # the deployments

@@ -32,10 +32,6 @@ _EVERY_N_MINUTES = re.compile(r"^\*/(\d+)(\s.*)$")
 Say = Callable[[str], None]
 
 
-class DeployFailed(Exception):
-    """A work pool the deployments need is missing and cannot be guessed."""
-
-
 @dataclass(frozen=True)
 class Supplier:
     """One configuration file of the folder, as deploying it needs to know it."""
@@ -232,6 +228,7 @@ def set_up_suppliers(
         FLOW_NAME,
         SetupError,
         SetupReport,
+        ensure_work_pool,
         find_notification_block,
         heartbeat_seconds,
         prefect_api,
@@ -251,10 +248,13 @@ def set_up_suppliers(
         if options.notify:
             find_notification_block(client, options.notify)
         for pool, runs_images in sorted(work_pools(document).items()):
-            try:
-                change = ensure_pool(client, pool, options.pool_limit, not runs_images)
-            except DeployFailed as exc:
-                raise SetupError(str(exc)) from None
+            # Not one run at a time as for one supplier: each tenant's run lock and each
+            # deployment's own limit keep a supplier's runs apart; a worker's --limit bounds
+            # what one machine runs at once.
+            change = ensure_work_pool(
+                client, pool, options.pool_limit, creatable=not runs_images,
+                description="Runs inventory-sync flow runs of many suppliers as local processes.",
+            )  # fmt: skip
             report.note("work pool", pool, change)
         for name, change in ensure_account_limits(client, suppliers):
             report.note("concurrency limit", name, change)
@@ -278,38 +278,3 @@ def work_pools(document: dict[str, Any]) -> dict[str, bool]:
         image = "image" in (pool.get("job_variables") or {})
         pools[str(pool.get("name"))] = pools.get(str(pool.get("name")), False) or image
     return pools
-
-
-def ensure_pool(client: Any, name: str, limit: int | None, creatable: bool = True) -> str:
-    """A pool for many suppliers, its limit set to `limit`; if missing, a `process` pool.
-
-    Not 1 as for one supplier: each tenant's run lock and each deployment's own limit keep one
-    supplier's runs apart; a worker's --limit bounds what one machine runs at once. A docker
-    or kubernetes pool is never guessed: it must exist (its type needs its worker package).
-    """
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
-
-    try:
-        pool = client.read_work_pool(name)
-    except ObjectNotFound:
-        if not creatable:
-            raise DeployFailed(
-                f"work pool {name!r} does not exist: create it first, e.g. "
-                f"`prefect work-pool create {name} --type docker` (or kubernetes)"
-            ) from None
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=name,
-                type="process",
-                description="Runs inventory-sync flow runs of many suppliers as local processes.",
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-                concurrency_limit=limit,
-            )
-        )
-        return f"created (type process, concurrency limit {limit or 'none'})"
-    if pool.concurrency_limit == limit:
-        return f"unchanged (type {pool.type}, concurrency limit {limit or 'none'})"
-    client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
-    return f"concurrency limit {pool.concurrency_limit or 'none'} → {limit or 'none'}"
