@@ -128,6 +128,23 @@ def test_rows_written_ahead_count_only_once_their_run_is_recorded(tmp_path):
     assert kept == ["run-3"]
 
 
+def test_a_feed_that_is_already_the_last_good_one_is_not_written_again(tmp_path):
+    store = StateStore(tmp_path)
+    east = Feed("east", "east.csv", feed_rows("east", "A"), 10, MONDAY, first_line=2)
+    west = Feed("west", "west.csv", feed_rows("west", "B"), 10, MONDAY, first_line=1)
+    store.record_good_feeds([east, west], run="run-1")
+    # run-2 read only west anew; east is its last good feed, as the guards hand it back
+    west_again = Feed("west", "west-2.csv", feed_rows("west", "C"), 10, TUESDAY, first_line=1)
+    store.record_good_feeds([east, west_again], run="run-2", ahead=None)
+    marks = store.feed_marks()
+    assert (marks["east"].run, marks["west"].run) == ("run-1", "run-2")
+    assert store.last_good_rows("east")["sku_text"].to_list() == ["A"]
+    assert store.last_good_rows("west")["sku_text"].to_list() == ["C"]
+    with store.engine.connect() as db:
+        kept = db.execute(select(schema.feed_rows.c.warehouse, schema.feed_rows.c.run)).all()
+    assert sorted(kept) == [("east", "run-1"), ("west", "run-2")]
+
+
 def test_a_failure_to_write_rows_ahead_is_raised_by_the_record(tmp_path):
     store = StateStore(tmp_path)
     broken = Feed("east", "east.csv", pl.DataFrame({"other": [1]}), 1, MONDAY, first_line=1)

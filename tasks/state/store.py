@@ -261,45 +261,61 @@ class StateStore:
     ) -> None:
         """Remember every feed of a successful run: its mark, and its rows as the last good ones.
 
-        With `ahead` (write_feed_rows_ahead), the rows are already written and only the marks
-        are left: a small transaction per feed that makes this run's rows current and drops
-        the ones they replace.
+        One transaction moves the marks of the feeds that are new and drops the rows they
+        replace; a feed that is its warehouse's last good one already (same source and time,
+        e.g. a warehouse this run did not read) keeps its mark and rows. With `ahead`
+        (write_feed_rows_ahead), the rows are already written.
         """
-        feeds = list(feeds)
+        fresh = self._new_feeds(feeds)
         if ahead is None:
-            self._write_feed_rows(feeds, run)
+            self._write_feed_rows(fresh, run)
         else:
             ahead.wait()
+        if not fresh:
+            return
         rows = schema.feed_rows
-        for feed in feeds:
-            key = {"tenant": self.tenant, "warehouse": feed.warehouse}
-            mark = {"modified_at": feed.modified_at.isoformat(), "source": feed.source, "run": run}
-            with self._writing() as db:
-                self._upsert(db, schema.feeds, [key | mark | {"recorded_at": _now()}])
-                db.execute(
-                    delete(rows).where(
-                        self._mine(rows), rows.c.warehouse == feed.warehouse, rows.c.run != run
-                    )
-                )
+        names = [feed.warehouse for feed in fresh]
+        marks = [
+            {"tenant": self.tenant, "warehouse": feed.warehouse, "run": run}
+            | {"modified_at": feed.modified_at.isoformat(), "source": feed.source}
+            | {"recorded_at": _now()}
+            for feed in fresh
+        ]
+        with self._writing() as db:
+            self._upsert(db, schema.feeds, marks)
+            db.execute(
+                delete(rows).where(self._mine(rows), rows.c.warehouse.in_(names), rows.c.run != run)
+            )
 
     def write_feed_rows_ahead(self, feeds: Sequence[Feed], run: str) -> FeedRowsAhead:
-        """Start writing the feeds' rows in the background, not yet as the last good ones.
+        """Start writing the new feeds' rows in the background, not yet as the last good ones.
 
         About a second and a half at a million products, done while the load runs instead of
         after it. Only record_good_feeds(..., ahead) makes them current; a run that fails
         leaves them unreferenced, and the next good run's record drops them.
         """
         ahead = FeedRowsAhead()
+        fresh = self._new_feeds(feeds)
 
         def write() -> None:
             try:
-                self._write_feed_rows(feeds, run)
+                self._write_feed_rows(fresh, run)
             except BaseException as exc:  # re-raised by wait(), in the run's own thread
                 ahead.errors.append(exc)
 
         ahead.thread = threading.Thread(target=write, name="feed-rows-ahead", daemon=True)
         ahead.thread.start()
         return ahead
+
+    def _new_feeds(self, feeds: Iterable[Feed]) -> list[Feed]:
+        """The feeds that are not their warehouse's last good feed already."""
+        marks = self.feed_marks()
+        return [
+            feed
+            for feed in feeds
+            if (mark := marks.get(feed.warehouse)) is None
+            or (mark.source, mark.modified_at) != (feed.source, feed.modified_at)
+        ]
 
     def _write_feed_rows(self, feeds: Iterable[Feed], run: str) -> None:
         """Each feed's rows under this run's key, a transaction each; current once marked."""
