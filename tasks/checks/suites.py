@@ -39,17 +39,30 @@ class Outcome:
 
 
 def preload() -> None:
-    """Start importing Great Expectations in the background: ~3 s a run, overlapped with reading.
+    """Have Great Expectations ready by the time the first suite runs (~2.5 s of import).
 
-    Whoever needs it first waits for this import instead of starting another (the module lock).
+    A side process imports it on the other core (tasks/checks/validation_process.py); where
+    none can start, a thread imports it here, overlapped with reading the feeds. Whoever needs
+    it first then waits for that import instead of starting another (the module lock).
     """
-    if "great_expectations" not in sys.modules:
+    from tasks.checks import validation_process
+
+    if validation_process.start() is None and "great_expectations" not in sys.modules:
         threading.Thread(
             target=importlib.import_module,
             args=("great_expectations",),
             name="import-great-expectations",
             daemon=True,
         ).start()
+
+
+def import_great_expectations() -> None:
+    """Import GX and what its first validation would load lazily (the side process's start)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: F401
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is noise here
+    gx.get_context(mode="ephemeral")
 
 
 @cache
@@ -63,7 +76,41 @@ def load_suite(name: str) -> dict[str, Any]:
 
 
 def validate(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
-    """Validate the frame (which must carry a row_id column) against the named suite."""
+    """Validate the frame (which must carry a row_id column) against the named suite.
+
+    In the side process if one runs (see preload), else here; the verdicts are the same.
+    """
+    from tasks.checks import validation_process
+
+    process = validation_process.running()
+    if process is not None:
+        try:
+            outcomes: list[Outcome] = process.validate(frame, suite_name)
+            return outcomes
+        except validation_process.ProcessGone as exc:
+            validation_process.forget(process)
+            _run_logger().warning(
+                "the Great Expectations side process (pid %s) did not answer (%s): "
+                "validating in this process from now on",
+                process.pid,
+                exc,
+            )
+    return validate_here(frame, suite_name)
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run's logger inside a Prefect run (the UI shows it), else this module's."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def validate_here(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
+    """Validate the frame against the named suite in this process."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

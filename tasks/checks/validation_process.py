@@ -1,0 +1,202 @@
+"""Great Expectations in a side process, imported on the other core while the run starts.
+
+Importing GX costs ~2.5 s of CPU with the interpreter lock held (its own modules, scipy,
+altair). In a thread it only takes turns with Prefect's import and the flow's polars work, and
+a run waited for it: 2-3 s of every 15-minute cycle and of every feed arrival's latency. A
+child process imports it on the second core instead, while this one imports Prefect and reads
+the feeds; `validate` then sends it the few hundred distinct combinations a suite must judge
+(tasks/checks/suites.py) and gets the outcomes back.
+
+The child is a convenience, never a dependency: if it cannot start, dies or answers nonsense,
+the suite runs in this process instead (the same function, so the same verdicts) and a warning
+says so. It exits when this process closes its stdin, at exit, or when this process dies (its
+stdin then reads end-of-file). It writes nothing but GX's own warnings, to this process's
+stderr. Frames and outcomes travel as length-prefixed pickles over its stdin and stdout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from contextlib import suppress
+from typing import Any
+
+import polars as pl
+
+HEADER = struct.Struct("!Q")
+ANSWER_TIMEOUT_SECONDS = 600.0  # a suite over a few hundred rows takes well under a second
+STOP_TIMEOUT_SECONDS = 2.0
+DISABLE_ENV = "INVENTORY_SYNC_VALIDATE_IN_PROCESS"  # "1": no side process (debugging)
+
+log = logging.getLogger(__name__)
+
+
+class ProcessGone(Exception):
+    """The side process did not answer: it exited, was killed, or broke the protocol."""
+
+
+def write_message(stream: Any, message: object) -> None:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+def read_message(stream: Any) -> Any:
+    """The next message, or EOFError at a clean end of the stream."""
+    header = stream.read(HEADER.size)
+    if not header:
+        raise EOFError
+    if len(header) < HEADER.size:
+        raise ProcessGone("the stream ended inside a message header")
+    (size,) = HEADER.unpack(header)
+    body = stream.read(size)
+    if len(body) < size:
+        raise ProcessGone("the stream ended inside a message")
+    return pickle.loads(body)  # our own child's answer, over its own pipe
+
+
+class ValidationProcess:
+    """One child running `serve()`; asked one suite at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        self.pid = self._child.pid  # kept after it is gone, for messages
+        atexit.register(self.stop)
+
+    @property
+    def alive(self) -> bool:
+        return self._child is not None and self._child.poll() is None
+
+    def validate(self, frame: pl.DataFrame, suite_name: str) -> Any:
+        """The suite's outcomes from the child; ProcessGone if it cannot give them."""
+        with self._lock:
+            child = self._child
+            if child is None or child.stdin is None or child.stdout is None:
+                raise ProcessGone("it was stopped")
+            try:
+                write_message(child.stdin, (suite_name, frame))
+                _wait_readable(child.stdout, ANSWER_TIMEOUT_SECONDS)
+                kind, value = read_message(child.stdout)
+            except (OSError, EOFError, ProcessGone, pickle.UnpicklingError, ValueError) as exc:
+                self._discard()
+                raise ProcessGone(f"{type(exc).__name__}: {exc}") from None
+        if kind == "raised":
+            raise value  # the suite's own error (a SuiteError), exactly as in this process
+        if kind != "outcomes":
+            self._discard()
+            raise ProcessGone(f"unexpected answer {kind!r}")
+        return value
+
+    def stop(self) -> None:
+        """Close its stdin so it exits; kill it if it does not within a moment."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            _close(child.stdin)
+            child.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        finally:
+            _close(child.stdout)
+
+    def _discard(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
+            child.wait()
+            _close(child.stdin)
+            _close(child.stdout)
+
+
+def _close(stream: Any) -> None:
+    if stream is not None:
+        with suppress(OSError):  # a pipe to a dead child: nothing left to flush
+            stream.close()
+
+
+def _wait_readable(stream: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProcessGone(f"no answer in {timeout:.0f} s")
+        ready, _, _ = select.select([stream], [], [], remaining)
+        if ready:
+            return
+
+
+_process: ValidationProcess | None = None
+_process_lock = threading.Lock()
+
+
+def start() -> ValidationProcess | None:
+    """Start the side process once per process, unless GX is already imported here."""
+    global _process
+    with _process_lock:
+        if _process is not None or "great_expectations" in sys.modules:
+            return _process
+        if os.environ.get(DISABLE_ENV) == "1":
+            return None
+        try:
+            _process = ValidationProcess()
+        except OSError as exc:
+            log.warning("Great Expectations runs in this process: no side process (%s)", exc)
+        return _process
+
+
+def running() -> ValidationProcess | None:
+    """The side process, if one was started and has not failed."""
+    return _process
+
+
+def forget(process: ValidationProcess) -> None:
+    """After it failed: validate in this process from now on."""
+    global _process
+    with _process_lock:
+        if _process is process:
+            _process = None
+
+
+def serve() -> None:
+    """The child's loop: import GX, then answer (suite, frame) requests until stdin closes."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    from tasks.checks import suites
+
+    suites.import_great_expectations()
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed goes to the log, not into the protocol
+    while True:
+        try:
+            suite_name, frame = read_message(requests)
+        except EOFError:
+            return
+        try:
+            answer: tuple[str, object] = ("outcomes", suites.validate_here(frame, suite_name))
+        except suites.SuiteError as exc:
+            answer = ("raised", exc)
+        try:
+            write_message(answers, answer)
+        except BrokenPipeError:
+            return
+
+
+if __name__ == "__main__":
+    serve()
+    sys.stderr.flush()
+    os._exit(0)  # skip tearing down GX, pandas and scipy object by object (about a second)
