@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
-from contextlib import ExitStack
+import threading
+from contextlib import ExitStack, suppress
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -97,6 +100,9 @@ def run_once(
         with ExitStack() as held:
             if early is not None:
                 held.enter_context(lock_for_next_run(early, holder))
+            from tasks.checks.suites import preload
+
+            preload()  # Great Expectations imports on the other core while Prefect loads here
             from tasks.config.settings import load_settings
 
             settings = load_settings(config)
@@ -428,7 +434,34 @@ def migrate_once(config: Path, source: str, from_tenant: str, replace: bool) -> 
 
 
 def main() -> None:
-    sys.exit(app())
+    """The console script: the command, then an exit without the interpreter's teardown."""
+    try:
+        app()
+        status: object = EXIT_OK
+    except SystemExit as exc:
+        status = exc.code
+    exit_now(status)
+
+
+def exit_now(status: object) -> NoReturn:
+    """Exit as Python would, minus freeing every object one by one: 1.4 s after a 1M run.
+
+    What a normal exit does that matters happens first, in the same order: other non-daemon
+    threads are waited for, then the atexit handlers run (Prefect sends its last logs and
+    events, logging flushes its files, the validation side process is stopped), then the
+    standard streams are flushed. Only the teardown of modules and objects is skipped.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    if isinstance(status, str):  # sys.exit("message"): the message on stderr, status 1
+        print(status, file=sys.stderr)
+        status = EXIT_FAILED
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # closed by the reader (a pipe to head, say)
+            stream.flush()
+    os._exit(status if isinstance(status, int) else EXIT_OK if status is None else EXIT_FAILED)
 
 
 if __name__ == "__main__":
