@@ -55,9 +55,9 @@ def products(n: int, prefix: str = "S") -> pl.DataFrame:
         (1_000_000, 100, None, 10_000),  # a smaller cap: more requests, not more task runs
         (1_000_001, 250, None, 10_250),  # whole requests, still at most 100 chunks
         (5_000_000, 500, None, 50_000),
-        (20_000, 500, None, 500),  # the 2 % cycle: a request per chunk
-        (6, 500, None, 500),
-        (0, 500, None, 500),
+        (20_000, 500, None, 2_000),  # the 2 % cycle: max_concurrency (4) requests per chunk
+        (6, 500, None, 2_000),
+        (0, 500, None, 2_000),
         (1_000_000, 250, 2, 2),  # a configured chunk_size wins, even below request_size
         (1_000_000, 250, 7_000, 7_000),
     ],
@@ -72,6 +72,12 @@ def test_default_chunks_are_whole_requests_and_at_most_max_task_runs(payload, re
     size = chunk_size_for(payload, settings(request_size=request_size))
     assert size >= request_size and size % request_size == 0
     assert math.ceil(payload / size) <= MAX_TASK_RUNS
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 2, 4, 8])
+def test_a_default_chunk_holds_enough_requests_to_fill_the_slots(max_concurrency):
+    chosen = settings(request_size=500, max_concurrency=max_concurrency)
+    assert chunk_size_for(20_000, chosen) == 500 * max_concurrency
 
 
 @pytest.mark.parametrize(
