@@ -103,6 +103,8 @@ def inventory_sync(
         extracted, stale_notes = guard_feed_ages(
             extracted, settings.warehouses, store, datetime.now(UTC)
         )
+        # kept for later runs while this one checks and sends; current only once it is good
+        ahead = None if dry_run else store.write_feed_rows_ahead(extracted.feeds, run)
         catalog_read = settle_catalog(
             catalog_future.result(raise_on_failure=False), settings.catalog, state
         )
@@ -116,9 +118,8 @@ def inventory_sync(
         if guard.tripped and not (dry_run or approve_large_changes):
             ask_for_approval(guard, settings.guards.approval_timeout_seconds)
 
-        outcome = audit = ahead = None
+        outcome = audit = None
         if not dry_run:
-            ahead = store.write_feed_rows_ahead(extracted.feeds, run)  # while the load runs
             outcome = load(changes.to_send, api, token, state, run_id)
             if settings.guards.read_back:
                 pages = settings.guards.read_back_pages

@@ -90,6 +90,7 @@ class StateStore:
         self.engine = engine_for(self.location)
         self._dialect = self.location.dialect
         self._reader = self.engine.execution_options(**{READ: True})
+        self._ahead: list[FeedRowsAhead] = []
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -122,7 +123,11 @@ class StateStore:
             say_who_holds(handed_over, holder)
         lock = nullcontext(handed_over) if handed_over else run_lock(self.location, holder)
         with lock, self._keeping_the_wal():
-            yield self
+            try:
+                yield self
+            finally:  # a run that ends early still writes nothing once its lock is gone
+                for ahead in self._ahead:
+                    ahead.finish()
 
     @contextmanager
     def _keeping_the_wal(self) -> Iterator[None]:
@@ -290,11 +295,13 @@ class StateStore:
     def write_feed_rows_ahead(self, feeds: Sequence[Feed], run: str) -> FeedRowsAhead:
         """Start writing the new feeds' rows in the background, not yet as the last good ones.
 
-        About a second and a half at a million products, done while the load runs instead of
-        after it. Only record_good_feeds(..., ahead) makes them current; a run that fails
-        leaves them unreferenced, and the next good run's record drops them.
+        About a second and a half at a million products (more on busy cores), done while the
+        run checks and sends instead of after it. Only record_good_feeds(..., ahead) makes them
+        current; a run that fails leaves them unreferenced, and the next good run's record
+        drops them. The run's lock is not released before the writing ends (see exclusive).
         """
         ahead = FeedRowsAhead()
+        self._ahead.append(ahead)
         fresh = self._new_feeds(feeds)
 
         def write() -> None:
@@ -472,10 +479,14 @@ class FeedRowsAhead:
 
     def wait(self) -> None:
         """Until every feed's rows are written; a failure to write them is raised here."""
-        if self.thread is not None:
-            self.thread.join()
+        self.finish()
         if self.errors:
             raise self.errors[0]
+
+    def finish(self) -> None:
+        """Until the writing ends, however it ends (a failed run's rows are never used)."""
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _log(entries: Sequence[LogEntry]) -> pl.DataFrame:
