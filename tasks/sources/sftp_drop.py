@@ -1,17 +1,17 @@
-"""SFTP drops: the newest remote file matching a glob, host key verified, parsed as CSV."""
+"""SFTP drops: the newest remote file matching a glob, host key verified, parsed as CSV.
+
+The settings and the feed live here; the SSH conversation (asyncssh) is in sftp_session.py,
+imported only when an SFTP warehouse is read, so a run without one does not pay for it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import posixpath
-import stat
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Literal
 
-import asyncssh
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tasks.config.fields import relative_to_config
@@ -21,8 +21,6 @@ from tasks.sources.feed import (
     Feed,
     Fingerprint,
     SourceKind,
-    WarehouseUnavailable,
-    WarehouseUnreadable,
 )
 from tasks.sources.warehouse import CsvOptions, RemoteWarehouse
 
@@ -84,7 +82,9 @@ class SftpFeed(Feed):
 
 def read_sftp_feed(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> SftpFeed:
     """Download the newest remote file matching the glob and parse it as CSV."""
-    path, data, mtime = asyncio.run(_download(warehouse, secrets))
+    from tasks.sources import sftp_session
+
+    path, data, mtime = asyncio.run(sftp_session.download(warehouse, secrets))
     modified = datetime.fromtimestamp(mtime, tz=UTC)
     feed = csv_feed(warehouse, remote_url(warehouse, path), data, modified)
     return SftpFeed(**vars(feed), remote_path=path, remote_size=len(data), remote_mtime=mtime)
@@ -94,189 +94,22 @@ def archive_sftp_file(
     warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr], feed: SftpFeed
 ) -> str:
     """Move the file a feed was read from into archive_dir, unless it changed since; return where."""
-    return asyncio.run(_archive(warehouse, secrets, feed))
+    from tasks.sources import sftp_session
+
+    return asyncio.run(sftp_session.archive(warehouse, secrets, feed))
 
 
 def probe_sftp(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> Fingerprint:
     """The newest remote file's name, size and modification time, from a listing: no download."""
-    return asyncio.run(_probe(warehouse, secrets))
+    from tasks.sources import sftp_session
 
-
-async def _probe(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> Fingerprint:
-    async with _session(warehouse, secrets) as sftp:
-        newest = await _newest(warehouse, sftp)
-    url = remote_url(warehouse, str(newest.filename))
-    return Fingerprint(url, f"{newest.attrs.size}:{newest.attrs.mtime}")
+    return asyncio.run(sftp_session.probe(warehouse, secrets))
 
 
 def remote_url(warehouse: SftpWarehouse, path: str) -> str:
     """Where a remote file is, for messages and reports (never with a password)."""
     where = path if path.startswith("/") else f"/~/{path}"
     return f"sftp://{warehouse.user}@{warehouse.host}:{warehouse.port}{where}"
-
-
-async def _download(
-    warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]
-) -> tuple[str, bytes, int]:
-    async with _session(warehouse, secrets) as sftp:
-        newest = await _newest(warehouse, sftp)
-        path, attrs = str(newest.filename), newest.attrs
-        try:
-            async with sftp.open(path, "rb") as remote:
-                data = cast(bytes, await remote.read())  # "rb": always bytes
-            after = await sftp.stat(path)
-        except asyncssh.SFTPError as exc:
-            raise WarehouseUnreadable(
-                warehouse.name, f"{remote_url(warehouse, path)}: cannot read: {exc.reason}"
-            ) from None
-    if (after.size, after.mtime) != (attrs.size, attrs.mtime) or len(data) != after.size:
-        raise WarehouseUnavailable(
-            warehouse.name,
-            f"{remote_url(warehouse, path)} changed while it was read (still being uploaded?)",
-        )
-    return path, data, int(after.mtime or 0)
-
-
-async def _newest(warehouse: SftpWarehouse, sftp: asyncssh.SFTPClient) -> asyncssh.SFTPName:
-    try:
-        names = await sftp.glob_sftpname(warehouse.path)
-    except asyncssh.SFTPNoSuchFile:
-        names = []
-    except asyncssh.SFTPError as exc:
-        raise WarehouseUnreadable(
-            warehouse.name, f"{remote_url(warehouse, warehouse.path)}: cannot list: {exc.reason}"
-        ) from None
-    files = [n for n in names if n.attrs.permissions is None or stat.S_ISREG(n.attrs.permissions)]
-    if not files:
-        raise WarehouseUnreadable(
-            warehouse.name, f"no remote file matches {remote_url(warehouse, warehouse.path)}"
-        )
-    return max(files, key=lambda n: (n.attrs.mtime or 0, str(n.filename)))
-
-
-async def _archive(
-    warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr], feed: SftpFeed
-) -> str:
-    folder = str(warehouse.archive_dir)
-    url = remote_url(warehouse, feed.remote_path)
-    async with _session(warehouse, secrets) as sftp:
-        try:
-            now = await sftp.stat(feed.remote_path)
-            if (now.size, now.mtime) != (feed.remote_size, feed.remote_mtime):
-                raise WarehouseUnreadable(
-                    warehouse.name, f"{url} changed after it was read; left in place"
-                )
-            await sftp.makedirs(folder, exist_ok=True)
-            name = posixpath.basename(feed.remote_path)
-            target = posixpath.join(folder, name)
-            if await sftp.exists(target):
-                stem, dot, suffix = name.rpartition(".")
-                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-                name = f"{stem}-{stamp}.{suffix}" if dot else f"{name}-{stamp}"
-                target = posixpath.join(folder, name)
-            await sftp.rename(feed.remote_path, target)
-        except asyncssh.SFTPError as exc:
-            raise WarehouseUnreadable(
-                warehouse.name, f"{url}: cannot move to {folder}: {exc.reason}"
-            ) from None
-    return target
-
-
-class _HostKeyWitness(asyncssh.SSHClient):
-    """Remembers the host key a server presented when known_hosts did not trust it."""
-
-    untrusted: asyncssh.SSHKey | None = None
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        self.untrusted = key
-        return False
-
-
-@asynccontextmanager
-async def _session(
-    warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]
-) -> AsyncIterator[asyncssh.SFTPClient]:
-    """An SFTP session, after verifying the host key and logging in; errors name what to fix."""
-    server = f"sftp://{warehouse.host}:{warehouse.port}"
-    witness = _HostKeyWitness()
-    options: dict[str, Any] = {
-        "username": warehouse.user,
-        "known_hosts": _trusted_keys(warehouse),
-        "client_factory": lambda: witness,
-        "password": secrets["password"].get_secret_value() if "password" in secrets else None,
-        "client_keys": [_private_key(warehouse, secrets)] if "private_key" in secrets else None,
-        "agent_path": None,  # only the configured credentials, never the runner's own keys
-        "config": None,
-        "connect_timeout": warehouse.timeout_seconds,
-        "login_timeout": warehouse.timeout_seconds,
-    }
-    try:
-        async with (
-            asyncssh.connect(warehouse.host, warehouse.port, **options) as conn,
-            conn.start_sftp_client() as sftp,
-        ):
-            yield sftp
-    except asyncssh.HostKeyNotVerifiable as exc:
-        raise WarehouseUnreadable(
-            warehouse.name, _untrusted(warehouse, server, witness, exc)
-        ) from None
-    except asyncssh.PermissionDenied:
-        what = " and ".join(k for k in ("password", "private_key") if k in secrets)
-        raise WarehouseUnreadable(
-            warehouse.name, f"{server}: login as {warehouse.user!r} refused; check the {what}"
-        ) from None
-    except asyncssh.KeyExchangeFailed as exc:
-        raise WarehouseUnreadable(
-            warehouse.name, f"{server}: no common algorithm with the server: {exc.reason}"
-        ) from None
-    except (OSError, asyncssh.DisconnectError, asyncssh.SFTPConnectionLost) as exc:
-        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        raise WarehouseUnavailable(warehouse.name, f"{server}: cannot connect: {reason}") from None
-
-
-def _trusted_keys(warehouse: SftpWarehouse) -> Any:
-    if warehouse.host_key is not None:
-        return ([asyncssh.import_public_key(warehouse.host_key)], [], [])
-    try:
-        return asyncssh.read_known_hosts(str(warehouse.known_hosts))
-    except (OSError, ValueError) as exc:
-        raise WarehouseUnreadable(
-            warehouse.name, f"known_hosts {warehouse.known_hosts}: cannot read: {exc}"
-        ) from None
-
-
-def _private_key(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> asyncssh.SSHKey:
-    passphrase = secrets.get("passphrase")
-    try:
-        return asyncssh.import_private_key(
-            secrets["private_key"].get_secret_value(),
-            passphrase.get_secret_value() if passphrase else None,
-        )
-    except (asyncssh.KeyImportError, ValueError) as exc:
-        hint = "check private_key and passphrase"
-        if "bcrypt" in str(exc):
-            hint = "an encrypted OpenSSH-format key needs bcrypt: use an encrypted PKCS#8 PEM key"
-        raise WarehouseUnreadable(
-            warehouse.name, f"private_key cannot be read ({exc}); {hint}"
-        ) from None
-
-
-def _untrusted(
-    warehouse: SftpWarehouse, server: str, witness: _HostKeyWitness, exc: asyncssh.Error
-) -> str:
-    trusted_by = (
-        "host_key" if warehouse.host_key else f"known_hosts {warehouse.known_hosts} (for this host)"
-    )
-    if witness.untrusted is None:
-        return f"{server}: host key not verified: {exc.reason}"
-    seen = f"{witness.untrusted.get_algorithm()} key {witness.untrusted.get_fingerprint()}"
-    return (
-        f"{server}: host key not trusted: the server presented {seen}, which is not the key in "
-        f"{trusted_by}. Nothing was sent to it. If the provider really changed its key, "
-        "confirm this fingerprint with them, then update the configuration."
-    )
 
 
 def archive_after_success(
