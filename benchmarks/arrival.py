@@ -155,6 +155,7 @@ def _deploy(api: str, config: Path) -> None:
     argv = [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"]
     argv += ["--prefect-file", str(ROOT / "deployments" / "prefect.yaml")]
     env = {"PREFECT_API_URL": api, "INVENTORY_SYNC_CONFIG": str(config)}
+    env["INVENTORY_SYNC_PYTHON"] = sys.executable  # as `inventory-sync deploy` sets it
     done = run_measured(argv, env=env, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{done.output[-3000:]}")

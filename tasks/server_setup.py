@@ -215,6 +215,7 @@ def register_deployments(
         "PREFECT_API_URL": api_url,
         "INVENTORY_SYNC_CONFIG": str(options.config_path.resolve()),
         "INVENTORY_SYNC_TIMEZONE": options.timezone,
+        "INVENTORY_SYNC_PYTHON": sys.executable,  # the process pool's command (prefect.yaml)
     }
     try:
         result = subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -55,7 +56,11 @@ def test_prefect_yaml_registers_both_deployments_as_documented(server_stack):
             {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_ROOT)}}
         ]
         assert deployment.enforce_parameter_schema
-        assert deployment.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}}
+        assert deployment.job_variables == {
+            # the deploying interpreter starts each run: GX's side process, then Prefect's engine
+            "command": f"{sys.executable} -m flows.flow_run_process",
+            "env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"},
+        }
     assert "full" in nightly.tags
     schema = every.parameter_openapi_schema["properties"]
     assert {"config_path", "dry_run", "warehouses", "chunk_size"} <= set(schema)
