@@ -27,6 +27,7 @@ from benchmarks.processes import (
     prefect_server,
     run_measured,
     sandbox_server,
+    settle,
 )
 from benchmarks.transform import DEFAULT_ROOT
 
@@ -230,6 +231,7 @@ def measure(
                 *extra: str,
                 faults: list[dict[str, Any]] | None = None,
             ) -> CycleRun:
+                settle(server.pid)  # the run before it digested, as 15 minutes later
                 sandbox.reset_log()
                 if faults:
                     sandbox.add_faults(faults)

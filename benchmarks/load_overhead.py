@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks import dataset as data
 from benchmarks.machine import load_average
 from benchmarks.processes import (
     PrefectServer,
+    cpu_seconds,
     last_json,
     prefect_server,
     python_module,
     run_measured,
     sandbox_server,
+    settle,
 )
 from benchmarks.transform import DEFAULT_ROOT
 
@@ -79,29 +79,6 @@ def prefect_floor(chunks: list[Any]) -> None:
         ]
         for future in futures:
             future.result()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (not of its children)."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
-def settle(pid: int | None, limit: float = 60.0) -> float:
-    """Wait until the Prefect server has digested the last trial's task runs; seconds waited.
-
-    It does so after a trial returns, on the same cores: without this wait, its work for
-    one trial slowed the next.
-    """
-    if pid is None:
-        return 0.0
-    started = time.perf_counter()
-    while time.perf_counter() - started < limit:
-        before = cpu_seconds(pid)
-        time.sleep(0.5)
-        if cpu_seconds(pid) - before < 0.05:
-            break
-    return time.perf_counter() - started
 
 
 def task_runs_tagged(tag: str) -> int:

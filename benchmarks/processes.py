@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from devstack.processes import ManagedProcess, free_port, http_ok
 
@@ -166,3 +167,27 @@ def sandbox_server(catalog: Path, max_products: int, folder: Path) -> Iterator[S
         process.wait_until_ready(lambda: http_ok(f"{url}/_sandbox/faults"), timeout=300)
         assert process.pid is not None  # it has started
         yield Sandbox(url, token, process.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (not of its children)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def settle(pid: int | None, limit: float = 60.0) -> float:
+    """Wait until the Prefect server has digested the last run's task runs; seconds waited.
+
+    It does so after a run returns, on the same cores: without this wait, its work for one
+    load trial slowed the next, and a full sync's slowed the 2 % cycle measured after it
+    (which in production comes 15 minutes later).
+    """
+    if pid is None:
+        return 0.0
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before < 0.05:
+            break
+    return time.perf_counter() - started

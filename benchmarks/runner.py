@@ -373,7 +373,10 @@ def _cycle_section(results: Results, images: dict[str, str]) -> list[str]:
         "the read-back reads its 50 pages of the rotation), and last a full catalog refresh "
         f"through {cycle.PAGE_FAULT_SHARE:.0%} page faults. Requests and bytes are from the "
         "sandbox's request log (bytes in: request line, headers and body; out: response "
-        "bodies). Stages are read from the run's own log (where each one's last line is).",
+        "bodies). Stages are read from the run's own log (where each one's last line is). "
+        "Before each run the benchmark waits until the Prefect server has digested the run "
+        "before it (its CPU idle for half a second), as it has when a cycle comes 15 minutes "
+        "later.",
         "",
         *_table(
             ["run", "seconds", "products sent", "requests", "MB sent", "MB received", "load"],
