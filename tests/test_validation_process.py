@@ -6,6 +6,7 @@ behind, and a suite asked of a dead child is answered here instead.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -107,6 +108,22 @@ def test_validate_uses_the_side_process_and_expands_distinct_rows(as_the_runs_si
     outcomes = validate_distinct(rows, "warehouse_rows")
     assert {o.reason: o.row_ids for o in outcomes}["empty SKU"] == [1, 7, 13]
     assert as_the_runs_side_process.alive
+
+
+def test_the_side_process_judges_by_the_suite_this_process_read(
+    as_the_runs_side_process, monkeypatch
+):
+    """A suite changed after the side process started (here: at most 10 units) is the one used."""
+    spec = json.loads(json.dumps(suites.load_suite("warehouse_rows")))
+    [limit] = [e for e in spec["expectations"] if e["meta"]["reason"] == "quantity out of range"]
+    limit["kwargs"]["max_value"] = 10
+    monkeypatch.setattr(suites, "load_suite", lambda name: spec)
+    outcomes = validate_distinct(warehouse_rows(), "warehouse_rows")
+    assert {o.reason: o.row_ids for o in outcomes}["quantity out of range"] == []
+    rows = warehouse_rows().with_columns(pl.col("quantity_number").replace(3.0, 20.0))
+    outcomes = validate_distinct(rows, "warehouse_rows")
+    assert {o.reason: o.row_ids for o in outcomes}["quantity out of range"] == [0]
+    assert as_the_runs_side_process.alive  # judged there, not here
 
 
 def test_a_suite_error_in_the_side_process_is_raised_here(side_process):
@@ -230,7 +247,7 @@ def test_the_side_process_module_runs_as_a_script():
         [sys.executable, "-m", MODULE], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     assert child.stdin is not None and child.stdout is not None
-    validation_process.write_message(child.stdin, ("payload", payload()))
+    validation_process.write_message(child.stdin, ("payload", None, payload()))
     kind, outcomes = validation_process.read_message(child.stdout)
     assert kind == "outcomes" and outcomes == validate_here(payload(), "payload")
     child.stdin.close()

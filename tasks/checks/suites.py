@@ -82,10 +82,11 @@ def validate(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
     """
     from tasks.checks import validation_process
 
+    spec = load_suite(suite_name)  # this process's suite, also the side process's
     process = validation_process.running()
     if process is not None:
         try:
-            outcomes: list[Outcome] = process.validate(frame, suite_name)
+            outcomes: list[Outcome] = process.validate(frame, suite_name, spec)
             return outcomes
         except validation_process.ProcessGone as exc:
             validation_process.forget(process)
@@ -95,7 +96,7 @@ def validate(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
                 process.pid,
                 exc,
             )
-    return validate_here(frame, suite_name)
+    return validate_here(frame, suite_name, spec)
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -109,13 +110,15 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger(__name__)
 
 
-def validate_here(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
-    """Validate the frame against the named suite in this process."""
+def validate_here(
+    frame: pl.DataFrame, suite_name: str, spec: dict[str, Any] | None = None
+) -> list[Outcome]:
+    """Validate the frame against the named suite (its JSON `spec`, if given) in this process."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is noise here
-    spec = load_suite(suite_name)
+    spec = load_suite(suite_name) if spec is None else spec
     columns = sorted({e["kwargs"]["column"] for e in spec["expectations"]} | {ROW_ID})
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)

@@ -81,14 +81,20 @@ class ValidationProcess:
     def alive(self) -> bool:
         return self._child is not None and self._child.poll() is None
 
-    def validate(self, frame: pl.DataFrame, suite_name: str) -> Any:
-        """The suite's outcomes from the child; ProcessGone if it cannot give them."""
+    def validate(
+        self, frame: pl.DataFrame, suite_name: str, spec: dict[str, Any] | None = None
+    ) -> Any:
+        """The suite's outcomes from the child; ProcessGone if it cannot give them.
+
+        `spec` is the suite's JSON as this process read it, so that both judge by the same
+        suite; without it the child reads the suite file itself.
+        """
         with self._lock:
             child = self._child
             if child is None or child.stdin is None or child.stdout is None:
                 raise ProcessGone("it was stopped")
             try:
-                write_message(child.stdin, (suite_name, frame))
+                write_message(child.stdin, (suite_name, spec, frame))
                 _wait_readable(child.stdout, ANSWER_TIMEOUT_SECONDS)
                 kind, value = read_message(child.stdout)
             except (OSError, EOFError, ProcessGone, pickle.UnpicklingError, ValueError) as exc:
@@ -174,7 +180,7 @@ def forget(process: ValidationProcess) -> None:
 
 
 def serve() -> None:
-    """The child's loop: import GX, then answer (suite, frame) requests until stdin closes."""
+    """The child's loop: import GX, then answer (suite, spec, frame) requests until EOF."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from tasks.checks import suites
 
@@ -183,11 +189,12 @@ def serve() -> None:
     sys.stdout = sys.stderr  # anything printed goes to the log, not into the protocol
     while True:
         try:
-            suite_name, frame = read_message(requests)
+            suite_name, spec, frame = read_message(requests)
         except EOFError:
             return
         try:
-            answer: tuple[str, object] = ("outcomes", suites.validate_here(frame, suite_name))
+            outcomes = suites.validate_here(frame, suite_name, spec)
+            answer: tuple[str, object] = ("outcomes", outcomes)
         except suites.SuiteError as exc:
             answer = ("raised", exc)
         try:
