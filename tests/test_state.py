@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -449,3 +450,59 @@ def test_a_snapshot_and_an_arrow_log_from_before_tenants_give_the_same_last_push
     assert store.fold_pushed(unless_below=0.2) == 3  # 5 logged of 3 kept
     assert pushed(StateStore(tmp_path)) == {"b": 20, "c": 3, "d": 41}
     assert snapshot_products(store) == 3
+
+
+# the log writer: a load's request threads hand it what landed, it commits them in batches
+
+
+def test_the_log_writer_records_every_request_from_many_threads_in_fewer_transactions(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = StateStore(tmp_path)
+    requests = [landed(**{f"p{n}-{i}": n * 10 + i for i in range(3)}) for n in range(40)]
+    with store.log_writer("run-1") as log, ThreadPoolExecutor(4) as pool:
+        list(pool.map(log.add, requests))
+    assert len(log_rows(store)) == 40  # a log row per request, as committed one by one
+    assert log.transactions < 40
+    assert pushed(store) == {pid: q for r in requests for pid, q in r.iter_rows()}
+    assert store.landed_in_run(["p0-0", "p39-2", "nope"], "run-1") == {"p0-0", "p39-2"}
+
+
+def test_leaving_the_log_writer_records_the_last_request_without_waiting_out_its_window(tmp_path):
+    from tasks.state.log_writer import LogWriter
+
+    store = StateStore(tmp_path)
+    started = time.monotonic()
+    with LogWriter(store, "run-1", window=5.0) as log:
+        log.add(landed(a=1))
+    assert time.monotonic() - started < 2.0
+    assert pushed(store) == {"a": 1}
+
+
+def test_a_failure_to_record_is_raised_by_the_next_add_and_on_leaving_and_stops_recording(tmp_path):
+    from tasks.state.log_writer import LogWriter
+
+    store = StateStore(tmp_path)
+    refused = pytest.raises(ValueError, match="null or holds a line break")
+    with refused, LogWriter(store, "run-1", window=0.0) as log:
+        log.add(landed(a=1))
+        log.add(pl.DataFrame({"id": ["b\nc"], "quantity": [2]}))
+        deadline = time.monotonic() + 10
+        while log._error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(ValueError, match="null or holds a line break"):
+            log.add(landed(d=4))
+    assert "d" not in pushed(store)
+
+
+def test_a_state_folder_deleted_under_a_running_process_starts_afresh(tmp_path):
+    import shutil
+
+    folder = tmp_path / "state"
+    StateStore(folder).commit(landed(a=1), run="run-1")
+    shutil.rmtree(folder)
+    again = StateStore(folder)  # the pooled engine was made for the deleted file
+    assert pushed(again) == {}
+    again.commit(landed(b=2), run="run-2")
+    with closing(sqlite3.connect(folder / "state.sqlite3")) as db:
+        assert db.execute("SELECT count(*) FROM pushed_log").fetchone() == (1,)

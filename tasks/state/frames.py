@@ -30,10 +30,18 @@ def from_blob(blob: bytes, columns: list[str] | None = None) -> pl.DataFrame:
 
 
 def log_ids(ids: pl.Series) -> str:
-    """A log row's products, one per line (none may be null or hold a line break)."""
-    if ids.null_count() or ids.str.contains(LOG_ID_SEPARATOR, literal=True).any():
+    """A log row's products, one per line (none may be null or hold a line break).
+
+    Joined in Python: a request's few hundred ids cost ~10 µs so, ~0.4 ms through a polars
+    expression (more with a load's request threads sharing polars' pool).
+    """
+    if ids.null_count():
         raise ValueError("a product id in the state log is null or holds a line break")
-    return str(ids.str.join(LOG_ID_SEPARATOR).item())
+    values: list[str] = ids.to_list()
+    text = LOG_ID_SEPARATOR.join(values)
+    if text.count(LOG_ID_SEPARATOR) != max(len(values) - 1, 0):
+        raise ValueError("a product id in the state log is null or holds a line break")
+    return text
 
 
 def log_quantities(quantities: pl.Series) -> bytes:

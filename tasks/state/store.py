@@ -32,7 +32,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from tasks.run_lock import adopt, check_still_held, run_lock, say_who_holds
 from tasks.sources.feed import FEED_SCHEMA, Feed
 from tasks.state import schema
-from tasks.state.engines import READ, engine_for
+from tasks.state.engines import READ, engine_for, sqlite_write_lock
 from tasks.state.frames import (
     decode_log,
     from_blob,
@@ -42,6 +42,7 @@ from tasks.state.frames import (
     to_blob,
 )
 from tasks.state.location import SQLITE, StateLocation
+from tasks.state.log_writer import LogWriter
 from tasks.text_columns import is_duplicated
 
 READ_BACK_NEXT_PAGE = "read_back_next_page"
@@ -91,11 +92,12 @@ class StateStore:
         self._dialect = self.location.dialect
         self._reader = self.engine.execution_options(**{READ: True})
         self._ahead: list[FeedRowsAhead] = []
+        self._queue = sqlite_write_lock(self.location) if self._dialect == SQLITE else nullcontext()
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
         """One durable transaction, refused if this process has lost the tenant's run lock."""
-        with self.engine.begin() as connection:
+        with self._queue, self.engine.begin() as connection:
             check_still_held(connection, self.location)
             yield connection
 
@@ -153,10 +155,22 @@ class StateStore:
 
     def commit(self, landed: pl.DataFrame, run: str) -> None:
         """Record products the API accepted (id, quantity), in one transaction: one log row."""
-        if landed.height == 0:
-            return
-        quantities = log_quantities(landed["quantity"])
-        self._append_log(run, landed["id"], quantities)
+        self.commit_all([landed], run)
+
+    def commit_all(self, requests: Sequence[pl.DataFrame], run: str) -> None:
+        """Record several accepted requests in one transaction: a log row each."""
+        rows = [
+            self._log_row(run, landed["id"], log_quantities(landed["quantity"]))
+            for landed in requests
+            if landed.height
+        ]
+        if rows:
+            with self._writing() as db:
+                db.execute(insert(schema.pushed_log), rows)
+
+    def log_writer(self, run: str) -> LogWriter:
+        """A writer that records accepted requests from many threads, a transaction per batch."""
+        return LogWriter(self, run)
 
     def landed_in_run(self, product_ids: Iterable[str], run: str) -> set[str]:
         """Which of these products this run has recorded as landed (until its log is folded)."""
@@ -213,7 +227,12 @@ class StateStore:
 
     def _append_log(self, run: str, ids: pl.Series, quantities: bytes | None) -> None:
         """One row of the log: these products landed with these quantities (None: forgotten)."""
-        row = {
+        row = self._log_row(run, ids, quantities)
+        with self._writing() as db:
+            db.execute(insert(schema.pushed_log), row)
+
+    def _log_row(self, run: str, ids: pl.Series, quantities: bytes | None) -> dict[str, Any]:
+        return {
             "tenant": self.tenant,
             "run": run,
             "at": _now(),
@@ -221,8 +240,6 @@ class StateStore:
             "ids": log_ids(ids),
             "quantities": quantities,
         }
-        with self._writing() as db:
-            db.execute(insert(schema.pushed_log), row)
 
     def _log_entries(self, db: Connection) -> list[LogEntry]:
         log = schema.pushed_log
