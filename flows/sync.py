@@ -80,7 +80,7 @@ def inventory_sync(
             feed, so no product gets a partial sum. Empty: read all warehouses.
         chunk_size: Products per chunk (one task run each) for this run only; they are sent in
             PUTs of lightspeed.request_size. Empty: lightspeed.chunk_size, else a size that
-            keeps the run to at most 100 chunks.
+            keeps the run to at most 50 chunks.
         approve_large_changes: Send even if the change guard trips (after a stock count, say).
         refresh_catalog: Read the whole catalog from the API now, not the one kept between
             runs (a full run always does): for products added or re-flagged since.

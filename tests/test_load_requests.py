@@ -50,11 +50,11 @@ def products(n: int, prefix: str = "S") -> pl.DataFrame:
 @pytest.mark.parametrize(
     ("payload", "request_size", "chunk_size", "expected"),
     [
-        (1_000_000, 250, None, 10_000),  # 4,000 requests in 100 chunks of 40
-        (1_000_000, 500, None, 10_000),
-        (1_000_000, 100, None, 10_000),  # a smaller cap: more requests, not more task runs
-        (1_000_001, 250, None, 10_250),  # whole requests, still at most 100 chunks
-        (5_000_000, 500, None, 50_000),
+        (1_000_000, 250, None, 20_000),  # 4,000 requests in 50 chunks of 80
+        (1_000_000, 500, None, 20_000),
+        (1_000_000, 100, None, 20_000),  # a smaller cap: more requests, not more task runs
+        (1_000_001, 250, None, 20_250),  # whole requests, still at most 50 chunks
+        (5_000_000, 500, None, 100_000),
         (20_000, 500, None, 2_000),  # the 2 % cycle: max_concurrency (4) requests per chunk
         (6, 500, None, 2_000),
         (0, 500, None, 2_000),

@@ -49,7 +49,7 @@ class LightspeedSettings(Section):
         None,
         ge=1,
         le=100_000,
-        description="products per chunk, one task run each; default: a run makes at most 100 chunks",
+        description="products per chunk, one task run each; default: a run makes at most 50 chunks",
     )
     max_concurrency: int = Field(4, ge=1, le=64, description="PUT requests in flight at once")
     per_page: int = Field(250, ge=1, le=10_000, description="products per catalog page")
