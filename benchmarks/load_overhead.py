@@ -81,14 +81,14 @@ def prefect_floor(chunks: list[Any]) -> None:
             future.result()
 
 
-def task_runs_tagged(tag: str) -> int:
-    """How many task runs the Prefect server holds with this tag."""
+def task_runs_of(flow_run: str) -> int:
+    """How many task runs the Prefect server holds for this flow run."""
     import httpx
     from prefect.settings import PREFECT_API_URL
 
     response = httpx.post(
         f"{PREFECT_API_URL.value()}/task_runs/count",
-        json={"task_runs": {"tags": {"all_": [tag]}}},
+        json={"task_runs": {"flow_run_id": {"any_": [flow_run]}}},
         timeout=60,
     )
     response.raise_for_status()
@@ -102,13 +102,14 @@ def run_trials(
     trials: list[dict[str, Any]],
     pids: dict[str, int],
 ) -> list[dict[str, Any]]:
-    """In the child, inside one Prefect flow run: each trial's seconds, CPU, task runs made.
+    """In the child, each trial in a Prefect flow run of its own: seconds, CPU, task runs made.
 
     `pids` names the other processes whose CPU to count (server, sandbox); this one is "client".
     """
     pids = {"client": os.getpid(), **pids}
     import polars as pl
-    from prefect import flow, tags
+    from prefect import flow
+    from prefect.runtime import flow_run
     from pydantic import SecretStr
 
     from tasks.config.settings import LightspeedSettings
@@ -117,44 +118,41 @@ def run_trials(
 
     payload = pl.read_parquet(payload_file)
 
+    def one_trial(number: int, trial: dict[str, Any]) -> dict[str, Any]:
+        request, concurrency = int(trial["request"]), int(trial["concurrency"])
+        settings = LightspeedSettings(
+            base_url=url, request_size=request, max_concurrency=concurrency, timeout_seconds=60
+        )
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.perf_counter()
+        failed = chunks = 0
+        if trial["kind"] == "bare":
+            bare_loop(url, token, split_into_chunks(payload, request), concurrency)
+        elif trial["kind"] == "prefect":
+            size = chunk_size_for(payload.height, settings)
+            prefect_floor(split_into_chunks(payload, size))
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                state = StateLocation.of(folder)
+                with StateStore(state).exclusive("bench"):
+                    outcome = load(payload, settings, SecretStr(token), state, "bench")
+            failed, chunks = len(outcome.failed), outcome.chunks
+        seconds = time.perf_counter() - started
+        waited = settle(pids.get("server"))
+        cpu = {f"cpu_{n}": cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
+        figures = {"seconds": seconds, "failed": failed, "chunks": chunks, "settle": waited}
+        return {**trial, **figures, **cpu, "flow_run": str(flow_run.id)}
+
+    # A flow run per trial, so that its task runs are counted by their flow run. Not by a tag:
+    # a task run with a tag asks the server for that tag's concurrency slots (a round trip
+    # each, start and end), which the sync's own task runs, untagged, never pay.
+    trial_flow = flow(name="load-benchmark-trial", flow_run_name="trial {number}")(one_trial)
+
     @flow(name="load-benchmark")
     def trials_flow() -> list[dict[str, Any]]:
-        results = []
-        for number, trial in enumerate(trials):
-            request, concurrency = int(trial["request"]), int(trial["concurrency"])
-            settings = LightspeedSettings(
-                base_url=url, request_size=request, max_concurrency=concurrency, timeout_seconds=60
-            )
-            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            started = time.perf_counter()
-            failed = chunks = 0
-            with tags(f"bench-trial-{number}"):  # counted on the server once all have settled
-                if trial["kind"] == "bare":
-                    bare_loop(url, token, split_into_chunks(payload, request), concurrency)
-                elif trial["kind"] == "prefect":
-                    size = chunk_size_for(payload.height, settings)
-                    prefect_floor(split_into_chunks(payload, size))
-                else:
-                    with tempfile.TemporaryDirectory() as folder:
-                        state = StateLocation.of(folder)
-                        with StateStore(state).exclusive("bench"):
-                            outcome = load(payload, settings, SecretStr(token), state, "bench")
-                    failed, chunks = len(outcome.failed), outcome.chunks
-            seconds = time.perf_counter() - started
-            waited = settle(pids.get("server"))
-            cpu = {f"cpu_{n}": cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
-            results.append(
-                {
-                    **trial,
-                    "seconds": seconds,
-                    "failed": failed,
-                    "chunks": chunks,
-                    "settle": waited,
-                    **cpu,
-                }
-            )
-        for number, result in enumerate(results):
-            result["task_runs"] = task_runs_tagged(f"bench-trial-{number}")
+        results = [trial_flow(number, trial) for number, trial in enumerate(trials)]
+        for result in results:
+            result["task_runs"] = task_runs_of(result.pop("flow_run"))
         return results
 
     return trials_flow()
