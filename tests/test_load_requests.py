@@ -297,3 +297,44 @@ def test_a_chunk_retry_resends_only_the_requests_that_did_not_land(
     assert any(m.startswith("request 2/3 S2…S3 (2 products): 0 accepted") for m in request_lines)
     assert "attempt 2: 2 of 3 request(s) landed earlier; sending 1" in messages
     assert request_lines.count("request 2/3 S2…S3 (2 products): 2 accepted in 1 call(s)") == 1
+
+
+@pytest.mark.usefixtures("token_env")
+def test_a_progress_artifact_the_server_refuses_is_a_warning_not_a_failed_load(
+    tmp_path, sandbox, write_config, prefect_api, monkeypatch
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    import tasks.lightspeed.load as load_module
+    from flows.sync import inventory_sync
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("artifact store unavailable")  # the seam under test
+
+    monkeypatch.setattr(load_module, "create_progress_artifact", refuse)
+    sandbox.reset(products=[product(f"S{i}") for i in range(4)])
+    (tmp_path / "east.csv").write_text("sku,qty\n" + "".join(f"S{i},{5 + i}\n" for i in range(4)))
+    config = write_config(csv_warehouse("east", "east.csv"), lightspeed="request_size = 2")
+    state = inventory_sync(config_path=str(config), return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    assert sandbox.quantities() == {pid(f"S{i}"): 5 + i for i in range(4)}
+    flow_run_id = state.state_details.flow_run_id
+    wanted = "the load's progress artifact was not updated: artifact store unavailable"
+    with get_client(sync_client=True) as client:
+        deadline, messages = time.monotonic() + 30, []
+        while time.monotonic() < deadline and wanted not in messages:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+            messages = [log.message for log in logs]
+            time.sleep(0.3)
+        assert not client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )[0].state.is_failed()
+    assert wanted in messages
