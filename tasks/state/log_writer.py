@@ -8,9 +8,10 @@ the last WINDOW_SECONDS and records it in one transaction, one log row per reque
 
 What that changes, and what not: a product is still recorded only after the API accepted
 it, and a chunk's attempt does not end (nor is it retried) before everything that landed in
-it is recorded (`close`). A process killed in between loses at most the last window's
-records; those products are then sent again by the next run, as they were when it was
-killed between a response and its commit, which is harmless since quantities are absolute.
+it is recorded (leaving the writer's `with` block waits for that). A process killed in
+between loses at most the last window's records; those products are then sent again by the
+next run, as they were when it was killed between a response and its commit, which is
+harmless since quantities are absolute.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import polars as pl
 if TYPE_CHECKING:
     from tasks.state.store import StateStore
 
-# ~8 requests a batch at a full sync's pace (4 in flight, ~500 requests a second), so the
-# transactions cost an eighth; a chunk's last request waits at most this for its record.
+# A batch holds whatever lands in this time (at a full sync's ~500 requests a second, several
+# requests); a chunk's last request does not wait it out: leaving the block ends the batch.
 WINDOW_SECONDS = 0.02
 _CLOSE = object()
 

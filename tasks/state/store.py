@@ -92,12 +92,14 @@ class StateStore:
         self._dialect = self.location.dialect
         self._reader = self.engine.execution_options(**{READ: True})
         self._ahead: list[FeedRowsAhead] = []
-        self._queue = sqlite_write_lock(self.location) if self._dialect == SQLITE else nullcontext()
+        self._write_lock = (
+            sqlite_write_lock(self.location) if self._dialect == SQLITE else nullcontext()
+        )
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
         """One durable transaction, refused if this process has lost the tenant's run lock."""
-        with self._queue, self.engine.begin() as connection:
+        with self._write_lock, self.engine.begin() as connection:
             check_still_held(connection, self.location)
             yield connection
 
@@ -159,14 +161,13 @@ class StateStore:
 
     def commit_all(self, requests: Sequence[pl.DataFrame], run: str) -> None:
         """Record several accepted requests in one transaction: a log row each."""
-        rows = [
-            self._log_row(run, landed["id"], log_quantities(landed["quantity"]))
-            for landed in requests
-            if landed.height
-        ]
-        if rows:
-            with self._writing() as db:
-                db.execute(insert(schema.pushed_log), rows)
+        self._append_log(
+            [
+                self._log_row(run, landed["id"], log_quantities(landed["quantity"]))
+                for landed in requests
+                if landed.height
+            ]
+        )
 
     def log_writer(self, run: str) -> LogWriter:
         """A writer that records accepted requests from many threads, a transaction per batch."""
@@ -193,7 +194,7 @@ class StateStore:
         ids = pl.Series("id", list(product_ids), dtype=pl.String)
         if ids.len() == 0:
             return
-        self._append_log("", ids, None)
+        self._append_log([self._log_row("", ids, None)])
 
     def fold_pushed(self, unless_below: float = 0.0) -> int:
         """Fold the log of landed requests into the snapshot, in one transaction; rows folded.
@@ -225,13 +226,14 @@ class StateStore:
             db.execute(delete(log).where(self._mine(log), log.c.seq <= entries[-1][0]))
         return len(entries)
 
-    def _append_log(self, run: str, ids: pl.Series, quantities: bytes | None) -> None:
-        """One row of the log: these products landed with these quantities (None: forgotten)."""
-        row = self._log_row(run, ids, quantities)
-        with self._writing() as db:
-            db.execute(insert(schema.pushed_log), row)
+    def _append_log(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows of the log (see _log_row), in one transaction."""
+        if rows:
+            with self._writing() as db:
+                db.execute(insert(schema.pushed_log), rows)
 
     def _log_row(self, run: str, ids: pl.Series, quantities: bytes | None) -> dict[str, Any]:
+        """One row of the log: these products landed with these quantities (None: forgotten)."""
         return {
             "tenant": self.tenant,
             "run": run,
