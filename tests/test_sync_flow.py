@@ -294,7 +294,9 @@ def test_the_ui_gets_artifacts_and_one_task_run_per_chunk(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             )
             chunk_runs = [t for t in task_runs if t.name.startswith("chunk ")]
-            settled = len(chunk_runs) == 3 and all(t.state.is_completed() for t in chunk_runs)
+            settled = len(chunk_runs) == 3 and all(
+                t.state is not None and t.state.is_completed() for t in chunk_runs
+            )
             if settled or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
