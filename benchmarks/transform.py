@@ -199,6 +199,10 @@ class TransformResult:
 
 
 def _pipeline_child(dataset: data.Dataset, payload: Path) -> tuple[Measured, dict[str, Any]]:
+    from tasks.allocator import JEMALLOC_CONF, JEMALLOC_ENV
+
+    # A run's process sets jemalloc's variable before polars loads (tasks/allocator.py); this
+    # child imports polars with the data set first, so it is given it from the start.
     child = run_measured(
         python_module(
             "benchmarks.transform",
@@ -207,7 +211,8 @@ def _pipeline_child(dataset: data.Dataset, payload: Path) -> tuple[Measured, dic
             str(dataset.products),
             "--payload-out",
             str(payload),
-        )
+        ),
+        env={JEMALLOC_ENV: JEMALLOC_CONF},
     )
     if child.returncode != 0:
         raise RuntimeError(
