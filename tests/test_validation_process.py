@@ -88,7 +88,12 @@ def as_the_runs_side_process(side_process, monkeypatch):
 
 
 def test_the_side_process_gives_the_verdicts_this_process_gives(side_process):
-    for frame, suite in ((warehouse_rows(), "warehouse_rows"), (payload(), "payload")):
+    floats = payload().with_columns(pl.col("quantity").cast(pl.Float64))  # the type rule fails
+    for frame, suite in (
+        (warehouse_rows(), "warehouse_rows"),
+        (payload(), "payload"),
+        (floats, "payload"),
+    ):
         there = side_process.validate(frame, suite)
         here = validate_here(frame, suite)
         assert there == here
@@ -101,6 +106,25 @@ def test_the_side_process_gives_the_verdicts_this_process_gives(side_process):
     assert flagged["quantity is not an integer"] == [3]
     assert flagged["negative quantity"] == [4]
     assert flagged["unknown SKU"] == [5]
+
+
+def test_the_side_process_defers_what_gx_imports_for_expectations_it_never_runs():
+    """scipy.stats and altair load on first use in the child (1.2 s of its import CPU)."""
+    script = textwrap.dedent(
+        """
+        import importlib.util, sys
+        from tasks.checks import suites, validation_process
+        sys.meta_path.insert(0, validation_process.LazyImports(validation_process.LAZY_PACKAGES))
+        suites.import_great_expectations()
+        lazy = importlib.util._LazyModule
+        print(sorted(m for m in ("scipy.stats", "altair") if isinstance(sys.modules[m], lazy)))
+        print(sys.modules["scipy.stats"].norm.cdf(0.0))  # loads when first used
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.split() == ["['altair',", "'scipy.stats']", "0.5"]
 
 
 def test_validate_uses_the_side_process_and_expands_distinct_rows(as_the_runs_side_process):
