@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from tasks.reconcile import CATALOG_ROW
+
 CHANGE_SCHEMA = {
     "id": pl.String,
     "vendorSku": pl.String,
@@ -34,14 +36,11 @@ def plan_changes(
     sales until the warehouse feed catches up. `previous` is what we last pushed, or, for a
     product we never pushed, what the platform reported (used only by the change guard).
     """
-    platform = catalog.select("id", pl.col("platform_quantity"))
-    frame = (
-        # the payload's order (by SKU) makes the chunks' SKU ranges; polars keeps no order unasked
-        payload.join(last_pushed, on="id", how="left", maintain_order="left")
-        .join(platform, on="id", how="left", maintain_order="left")
-        .with_columns(
-            pl.coalesce("last_quantity", "platform_quantity").cast(pl.Int64).alias("previous")
-        )
+    # the payload's order (by SKU) makes the chunks' SKU ranges; polars keeps no order unasked
+    frame = _with_platform_quantity(
+        payload.join(last_pushed, on="id", how="left", maintain_order="left"), catalog
+    ).with_columns(
+        pl.coalesce("last_quantity", "platform_quantity").cast(pl.Int64).alias("previous")
     )
     changed = pl.col("last_quantity").is_null() | (pl.col("last_quantity") != pl.col("quantity"))
     to_send = frame if full else frame.filter(changed)
@@ -52,6 +51,23 @@ def plan_changes(
         unchanged=frame.height - to_send.height,
         full=full,
     )
+
+
+def _with_platform_quantity(frame: pl.DataFrame, catalog: pl.DataFrame) -> pl.DataFrame:
+    """Each product's platform_quantity, by the catalog row it was planned from if it has one.
+
+    A planned payload names its catalog row (reconcile's CATALOG_ROW): taking that row's
+    quantity is a gather, where a join on a million ids took 0.23 s. The ids are compared
+    first, and any other payload is joined on id.
+    """
+    platform = catalog.select("id", "platform_quantity")
+    if CATALOG_ROW in frame.columns and frame.height and catalog.height:
+        rows = frame[CATALOG_ROW].cast(pl.Int64)
+        if rows.is_between(0, catalog.height - 1).all():
+            there = platform.select(pl.all().gather(rows))
+            if (there["id"] == frame["id"]).all():
+                return frame.with_columns(there["platform_quantity"])
+    return frame.join(platform, on="id", how="left", maintain_order="left")
 
 
 def diff_lines(changes: pl.DataFrame, limit: int) -> list[str]:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.delta import CHANGE_SCHEMA, diff_lines, plan_changes
+from tasks.reconcile import CATALOG_ROW
 
 pytestmark = pytest.mark.fast
 
@@ -69,6 +70,19 @@ def test_a_mixed_payload_keeps_the_payloads_order_and_the_change_columns():
     assert changes.to_send.rows() == [("b", "B", 1, 7), ("c", "C", 3, 9), ("d", "D", 0, None)]
     assert changes.all["id"].to_list() == ["b", "a", "c", "d"]
     assert changes.unchanged == 1
+
+
+def test_a_planned_payload_takes_the_platform_quantity_of_the_row_it_was_planned_from():
+    """By its catalog row where that row holds its id; by its id where it does not."""
+    shop = catalog(a=4, b=None, c=9)
+    planned = payload(c=1, a=2, b=3).with_columns(pl.Series(CATALOG_ROW, [2, 0, 1], pl.UInt32))
+    by_row = plan_changes(planned, last_pushed(), shop, full=False)
+    assert by_row.all.select("id", "previous").rows() == [("c", 9), ("a", 4), ("b", None)]
+    moved = planned.with_columns(pl.Series(CATALOG_ROW, [0, 1, 2], pl.UInt32))  # not theirs
+    by_id = plan_changes(moved, last_pushed(), shop, full=False)
+    assert by_id.all.select("id", "previous").rows() == [("c", 9), ("a", 4), ("b", None)]
+    beyond = planned.with_columns(pl.Series(CATALOG_ROW, [7, 0, 1], pl.UInt32))
+    assert plan_changes(beyond, last_pushed(), shop, full=False).all.equals(by_row.all)
 
 
 QUANTITY = st.integers(0, 50)
