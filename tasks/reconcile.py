@@ -60,6 +60,19 @@ class Plan:
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
 
+def planned_rows(frame: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series | None:
+    """Per row of a planned frame, whether its CATALOG_ROW is the catalog row holding its id.
+
+    Null for a null id; None if the frame names no catalog rows (or the catalog is empty).
+    A gather and a comparison, where looking a million ids up in the catalog keys them all.
+    """
+    if CATALOG_ROW not in frame.columns or catalog.height == 0:
+        return None
+    rows = frame[CATALOG_ROW].cast(pl.Int64)
+    found = rows.is_between(0, catalog.height - 1).fill_null(False)
+    return (catalog["id"].gather(rows.set(~found, 0)) == frame["id"]) & found
+
+
 def sum_bins(rows: pl.DataFrame) -> pl.DataFrame:
     """One row per warehouse and SKU: its rows (bins) summed."""
     return (

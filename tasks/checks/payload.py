@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.checks.suites import ROW_ID, validate_distinct
-from tasks.reconcile import CATALOG_ROW
+from tasks.reconcile import planned_rows
 from tasks.text_columns import is_duplicated
 
 SUITE = "payload"
@@ -24,12 +24,8 @@ def in_catalog(payload: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series:
     row's, which proves it is in the catalog without keying a million ids. Any other payload
     is looked up.
     """
-    ids = payload["id"]
-    if CATALOG_ROW not in payload.columns or catalog.height == 0:
-        return ids.is_in(catalog["id"].implode())
-    rows = payload[CATALOG_ROW].cast(pl.Int64)
-    found = rows.is_between(0, catalog.height - 1).fill_null(False)
-    return (catalog["id"].gather(rows.set(~found, 0)) == ids) & found
+    planned = planned_rows(payload, catalog)
+    return payload["id"].is_in(catalog["id"].implode()) if planned is None else planned
 
 
 def check_payload(payload: pl.DataFrame, catalog: pl.DataFrame) -> None:
