@@ -398,6 +398,7 @@ class SandboxServer:
         self._max_in_flight: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
+        self._delays = threading.Event()  # set (and replaced) to answer every delayed request now
         self._httpd: _SandboxHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -423,6 +424,7 @@ class SandboxServer:
     def stop(self) -> None:
         """Stop serving, close the listening socket and every open connection."""
         self._stopping.set()
+        self._delays.set()
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
@@ -489,6 +491,17 @@ class SandboxServer:
         rng = random.Random(fault.seed) if fault.seed is not None else None
         with self._lock:
             self._faults.append(_ArmedFault(fault, fault.times, rng))
+
+    def end_delays(self) -> None:
+        """Disarm every fault with a delay and let the requests they hold go on at once.
+
+        A test can hold a run's requests with a long delay until something else has happened,
+        rather than betting on a short delay being long enough on a busy machine.
+        """
+        with self._lock:
+            self._faults = [armed for armed in self._faults if not armed.fault.delay]
+            held, self._delays = self._delays, threading.Event()
+        held.set()
 
     def bucket(self) -> Bucket | None:
         """The rate limit's configuration, or None when it is off."""
@@ -896,7 +909,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault = self.sandbox._take_fault(method, path, query, product_ids)
         if fault is not None and fault.delay:
-            self.sandbox._stopping.wait(fault.delay)
+            self.sandbox._delays.wait(fault.delay)
         if fault is not None and fault.drop == "before":
             self._answer(replace(request, dropped=True), None, ())
             return

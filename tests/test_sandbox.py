@@ -319,6 +319,37 @@ def test_delay_slows_the_response_and_still_applies(
     assert sandbox.quantities()[IDS[0]] == 3
 
 
+def test_end_delays_answers_the_held_requests_now_and_disarms_the_delays(
+    sandbox: SandboxServer,
+) -> None:
+    sandbox.add_fault(Fault(delay=60, times=3))
+    sandbox.add_fault(Fault(status=503, times=1))
+
+    def send(quantity: int) -> tuple[int, float]:
+        with httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=90) as http:
+            started = time.monotonic()
+            status = put(http, (IDS[0], quantity)).status_code
+            return status, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        held = [pool.submit(send, q) for q in (5, 6)]
+        deadline = time.monotonic() + 10
+        while sandbox.max_in_flight().get(TOKEN, 0) < 2:
+            assert time.monotonic() < deadline, "the two PUTs never reached the sandbox"
+            time.sleep(0.02)
+        assert not any(f.done() for f in held)
+        sandbox.end_delays()
+        answers = [f.result(timeout=10) for f in held]
+    assert [status for status, _ in answers] == [200, 200]
+    assert all(seconds < 10 for _, seconds in answers)  # not the 60 s the fault asked for
+    assert sandbox.quantities()[IDS[0]] in (5, 6)  # held, then applied
+    assert sandbox.faults() == [Fault(status=503, times=1)]  # the delay's third use is gone
+
+    with httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=5) as http:
+        assert put(http, (IDS[0], 7)).status_code == 503  # faults without a delay still fire
+        assert put(http, (IDS[0], 7)).status_code == 200
+
+
 def test_drop_before_closes_the_connection_and_applies_nothing(
     sandbox: SandboxServer, client: httpx.Client
 ) -> None:

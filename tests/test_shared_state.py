@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 POOL = "two-machines"
 N = 40
 SKUS = [f"S{i:02d}" for i in range(N)]
+HOLD_SECONDS = 200  # longer than any worker takes to start a run; cut short once it has
 CONFIG = """
     [lightspeed]
     base_url = "{base_url}"
@@ -37,7 +38,7 @@ CONFIG = """
     per_page = 10
     retry_backoff_seconds = 0.05
     read_backoff_seconds = 0.05
-    timeout_seconds = 10
+    timeout_seconds = {timeout_seconds}
 
     [[warehouses]]
     name = "east"
@@ -104,7 +105,9 @@ def machines(prefect_api, postgres, tmp_path_factory) -> Iterator[TwoMachines]:
     b = Machine("machine-b", root / "b", POOL, prefect_api, env)
     for machine in (a, b):
         (machine.folder / "feeds").mkdir(parents=True)
-        config = CONFIG.format(base_url=sandbox.url, state_url=url)
+        config = CONFIG.format(
+            base_url=sandbox.url, state_url=url, timeout_seconds=HOLD_SECONDS + 30
+        )
         (machine.folder / "acme.toml").write_text(textwrap.dedent(config))
     try:
         a.start()
@@ -157,16 +160,37 @@ def test_runs_alternate_between_machines_and_each_sends_only_what_changed(machin
 def test_two_runs_started_at_once_never_both_load(machines):
     machines.feed({s: 50 + i for i, s in enumerate(SKUS)})
     machines.sandbox.reset()
-    machines.sandbox.add_fault(Fault(delay=2.0, times=1000))  # each PUT takes 2 s: they overlap
+    # Every PUT is held until one run has ended, so the two overlap however late a machine's
+    # worker picks its run up. A 2 s delay per PUT did not: on a loaded CI box one run started
+    # after the other had finished, and both loaded, one after the other.
+    machines.sandbox.add_fault(Fault(delay=HOLD_SECONDS, times=1000))
     runs = [m.trigger(machines.deployment, full=True) for m in (machines.a, machines.b)]
+    try:
+        first = first_to_end(machines.api_url, runs, timeout=HOLD_SECONDS - 30)
+    finally:
+        machines.sandbox.end_delays()
     finished = [wait_for(machines.api_url, run) for run in runs]
     states = sorted(r.state.type.value for r in finished)
     assert states == ["COMPLETED", "FAILED"], [r.state.message for r in finished]
     [refused] = [r for r in finished if r.state.is_failed()]
     [loaded] = [r for r in finished if r.state.is_completed()]
+    assert refused.id == first.id  # it ended while the loader was held inside its load
     assert f"is in use by run {loaded.name} (pid" in refused.state.message
     assert "nothing was done" in refused.state.message
     assert sorted(machines.sent()) == sorted(pid(s) for s in SKUS)  # one full pass, not two
+
+
+def first_to_end(api_url: str, runs: list[UUID], timeout: float):
+    """The first of these flow runs to reach a final state."""
+    deadline = time.monotonic() + timeout
+    with prefect_client(api_url) as client:
+        while True:
+            for run_id in runs:
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    return run
+            assert time.monotonic() < deadline, "neither run ended while the loads were held"
+            time.sleep(0.3)
 
 
 def test_a_run_killed_on_one_machine_does_not_block_the_other(machines):
