@@ -161,3 +161,16 @@ def wait_for(
                 return run
             assert time.monotonic() < deadline, f"run {run.name} still {state and state.name}"
             time.sleep(0.3)
+
+
+def first_to_end(api_url: str, run_ids: list[UUID], timeout: float = RUN_TIMEOUT) -> Any:
+    """The first of these flow runs to reach a final state."""
+    deadline = time.monotonic() + timeout
+    with prefect_client(api_url) as client:
+        while True:
+            for run_id in run_ids:
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    return run
+            assert time.monotonic() < deadline, f"none of {len(run_ids)} runs ended in {timeout}s"
+            time.sleep(0.3)

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import pytest
 from builders import TOKEN, pid, product
-from process_workers import Machine, create_pool, deploy, wait_for
+from process_workers import Machine, create_pool, deploy, first_to_end, wait_for
 
 from devstack.local_stack import prefect_client
 from sandbox.server import Fault, SandboxServer
@@ -178,19 +178,6 @@ def test_two_runs_started_at_once_never_both_load(machines):
     assert f"is in use by run {loaded.name} (pid" in refused.state.message
     assert "nothing was done" in refused.state.message
     assert sorted(machines.sent()) == sorted(pid(s) for s in SKUS)  # one full pass, not two
-
-
-def first_to_end(api_url: str, runs: list[UUID], timeout: float):
-    """The first of these flow runs to reach a final state."""
-    deadline = time.monotonic() + timeout
-    with prefect_client(api_url) as client:
-        while True:
-            for run_id in runs:
-                run = client.read_flow_run(run_id)
-                if run.state is not None and run.state.is_final():
-                    return run
-            assert time.monotonic() < deadline, "neither run ended while the loads were held"
-            time.sleep(0.3)
 
 
 def test_a_run_killed_on_one_machine_does_not_block_the_other(machines):
