@@ -8,6 +8,7 @@ import polars as pl
 
 from tasks.reconcile import CATALOG_ROW, planned_rows
 
+SEND_ORDER = ["vendorSku", "id"]  # by SKU, so each chunk covers a readable SKU range
 CHANGE_SCHEMA = {
     "id": pl.String,
     "vendorSku": pl.String,
@@ -21,7 +22,7 @@ class Changes:
     """The full payload with each product's previous quantity, and the part to send."""
 
     all: pl.DataFrame  # id, vendorSku, quantity, previous (last pushed, else the platform's)
-    to_send: pl.DataFrame  # id, vendorSku, quantity, previous
+    to_send: pl.DataFrame  # id, vendorSku, quantity, previous; in SEND_ORDER
     unchanged: int
     full: bool
 
@@ -36,14 +37,14 @@ def plan_changes(
     sales until the warehouse feed catches up. `previous` is what we last pushed, or, for a
     product we never pushed, what the platform reported (used only by the change guard).
     """
-    # the payload's order (by SKU) makes the chunks' SKU ranges; polars keeps no order unasked
+    # the payload's order, kept in `all` (polars keeps no order unasked)
     frame = _with_platform_quantity(
         payload.join(last_pushed, on="id", how="left", maintain_order="left"), catalog
     ).with_columns(
         pl.coalesce("last_quantity", "platform_quantity").cast(pl.Int64).alias("previous")
     )
     changed = pl.col("last_quantity").is_null() | (pl.col("last_quantity") != pl.col("quantity"))
-    to_send = frame if full else frame.filter(changed)
+    to_send = (frame if full else frame.filter(changed)).sort(SEND_ORDER, nulls_last=True)
     columns = list(CHANGE_SCHEMA)
     return Changes(
         all=frame.select(columns),

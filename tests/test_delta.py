@@ -59,17 +59,29 @@ def test_what_is_sent_and_what_it_was_before(pushed, platform, full, sent, previ
     assert changes.full is full
 
 
-def test_a_mixed_payload_keeps_the_payloads_order_and_the_change_columns():
+def test_a_mixed_payload_is_sent_in_sku_order_and_all_keeps_the_payloads_order():
     changes = plan_changes(
-        payload(b=1, a=2, c=3, d=0),
+        payload(d=0, b=1, a=2, c=3),  # in catalog order, as reconcile plans it
         last_pushed(a=2, c=9, zz=4),  # zz: pushed once, no longer in the payload
         catalog(a=2, b=7, c=9, d=None),
         full=False,
     )
     assert changes.to_send.schema == pl.Schema(CHANGE_SCHEMA)
     assert changes.to_send.rows() == [("b", "B", 1, 7), ("c", "C", 3, 9), ("d", "D", 0, None)]
-    assert changes.all["id"].to_list() == ["b", "a", "c", "d"]
+    assert changes.all["id"].to_list() == ["d", "b", "a", "c"]
     assert changes.unchanged == 1
+
+
+def test_a_full_run_sends_everything_in_sku_order_then_id():
+    frame = pl.DataFrame(
+        {
+            "id": ["p3", "p1", "p2", "p0"],
+            "vendorSku": ["B", "B", "A", None],
+            "quantity": [1, 2, 3, 4],
+        }
+    )
+    changes = plan_changes(frame, last_pushed(), catalog(), full=True)
+    assert changes.to_send["id"].to_list() == ["p2", "p1", "p3", "p0"]  # A, B (p1, p3), no SKU
 
 
 def test_a_planned_payload_takes_the_platform_quantity_of_the_row_it_was_planned_from():
