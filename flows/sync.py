@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from flows.heartbeats import end_runs_without_joining_heartbeats
 from tasks.checks.payload import check_payload_task
 from tasks.checks.rows import check_rows_task
 from tasks.checks.suites import preload as preload_validation
@@ -52,7 +53,9 @@ class SyncFailed(SyncError):
         self.summary = summary
 
 
-log_sync_errors_without_traceback()  # here, because every run (CLI or deployment) imports it
+# here, because every run (CLI or deployment) imports it
+log_sync_errors_without_traceback()
+end_runs_without_joining_heartbeats()
 
 
 @flow(
