@@ -37,7 +37,7 @@ def plan_changes(
     sales until the warehouse feed catches up. `previous` is what we last pushed, or, for a
     product we never pushed, what the platform reported (used only by the change guard).
     """
-    # the payload's order, kept in `all` (polars keeps no order unasked)
+    # `all` in the payload's order (polars keeps no order unasked); `to_send` in SEND_ORDER
     frame = _with_platform_quantity(
         payload.join(last_pushed, on="id", how="left", maintain_order="left"), catalog
     ).with_columns(

@@ -61,7 +61,7 @@ def test_what_is_sent_and_what_it_was_before(pushed, platform, full, sent, previ
 
 def test_a_mixed_payload_is_sent_in_sku_order_and_all_keeps_the_payloads_order():
     changes = plan_changes(
-        payload(d=0, b=1, a=2, c=3),  # in catalog order, as reconcile plans it
+        payload(d=0, b=1, a=2, c=3),  # reconcile sets no order
         last_pushed(a=2, c=9, zz=4),  # zz: pushed once, no longer in the payload
         catalog(a=2, b=7, c=9, d=None),
         full=False,
