@@ -11,6 +11,11 @@ event within the second and returns without sending another heartbeat, and it is
 so it never holds a process up. The sync engine is given the same here. Heartbeats during
 the run are untouched, so the heartbeat-lost automation (tasks/server_setup.py) sees them
 as before. If Prefect's function ever loses that parameter, nothing is changed.
+
+Except for a run on Prefect's temporary server (no API URL set): the process stops that
+server as it exits, and without the second of the join it stopped it while the server was
+still recording the run's last events, which printed the server's traceback ("Cancelled via
+cancel scope") and lost the last log lines ("Error logging to API"). Such a run keeps the join.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import prefect.flow_engine
+from prefect.settings import get_current_settings
 
 ORIGINAL = "_inventory_sync_original"
 
 
 def end_runs_without_joining_heartbeats() -> bool:
     """Make the sync flow engine stop its heartbeat thread without joining it; idempotent.
+
+    Not on a temporary server (see above).
 
     Returns whether the engine now does so (False: this Prefect has no such parameter).
     """
@@ -37,7 +45,8 @@ def end_runs_without_joining_heartbeats() -> bool:
         return False
 
     def send_heartbeats(engine: Any, join_on_exit: bool = True) -> AbstractContextManager[None]:
-        return current(engine, join_on_exit=False)
+        on_a_temporary_server = not get_current_settings().api.url
+        return current(engine, join_on_exit=join_on_exit and on_a_temporary_server)
 
     setattr(send_heartbeats, ORIGINAL, current)
     prefect.flow_engine._send_heartbeats = send_heartbeats  # type: ignore[assignment]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import prefect.flow_engine
@@ -98,3 +99,19 @@ def test_it_is_applied_once_and_never_to_a_prefect_without_the_parameter(monkeyp
     monkeypatch.setattr(prefect.flow_engine, "_send_heartbeats", other)
     assert not end_runs_without_joining_heartbeats()
     assert prefect.flow_engine._send_heartbeats is other
+
+
+def test_a_run_on_a_temporary_server_still_waits_for_the_thread(prefect_api, prefects_own):
+    """No API URL: Prefect's temporary server, which the process stops as it exits."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    assert end_runs_without_joining_heartbeats()
+    no_heartbeats = SimpleNamespace(heartbeat_seconds=None)  # the context starts no thread
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        prefect.flow_engine._send_heartbeats(no_heartbeats),
+    ):
+        pass
+    with prefect.flow_engine._send_heartbeats(no_heartbeats):  # back on the session's server
+        pass
+    assert prefects_own.join_on_exit == [True, False]
