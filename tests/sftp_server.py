@@ -18,6 +18,9 @@ class _Server(asyncssh.SSHServer):
     def __init__(self, owner: SftpServer) -> None:
         self.owner = owner
 
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.owner.connections.add(conn)
+
     def begin_auth(self, username: str) -> bool:
         self.owner.logins.append(username)
         return True
@@ -52,6 +55,7 @@ class SftpServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncssh.SSHAcceptor | None = None
+        self.connections: set[asyncssh.SSHServerConnection] = set()  # every one accepted
 
     def __enter__(self) -> SftpServer:
         self._thread.start()
@@ -66,11 +70,25 @@ class SftpServer:
         tb: TracebackType | None,
     ) -> None:
         if self._server is not None:
-            self._server.close()
-            asyncio.run_coroutine_threadsafe(self._server.wait_closed(), self._loop).result(30)
+            asyncio.run_coroutine_threadsafe(self._close(self._server), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
         self._loop.close()
+
+    async def _close(self, server: asyncssh.SSHAcceptor) -> None:
+        """Stop listening, then close the connections still open on the server's side.
+
+        A client's goodbye can still be on its way when a test ends, and Python 3.11's
+        wait_closed does not wait for connections: one left open when the loop closes is an
+        unclosed transport. (A clean-clone CI run reported an error in this fixture's
+        teardown; its text was lost with the run, stopped for another reason.)
+        """
+        server.close()
+        await server.wait_closed()
+        for connection in self.connections:
+            connection.close()
+        for connection in self.connections:
+            await connection.wait_closed()
 
     async def _listen(self) -> asyncssh.SSHAcceptor:
         return await asyncssh.create_server(
