@@ -14,7 +14,7 @@ from tasks.checks import suites
 from tasks.checks.payload import PayloadInvalid, check_payload
 from tasks.checks.rows import SUITE, CheckedRows, check_rows, judge, scan_feeds
 from tasks.checks.suites import SUITES_DIR
-from tasks.reconcile import CATALOG_ROW
+from tasks.reconcile import CATALOG_ROW, reconcile, reconcile_checked
 from tasks.sources.feed import FEED_SCHEMA, Feed
 
 pytestmark = pytest.mark.fast
@@ -218,6 +218,54 @@ def test_the_plain_row_shortcut_changes_nothing(warehouses):
     assert fast.flagged.equals(slow.flagged)
     assert fast.held_skus.equals(slow.held_skus)
     assert fast.skus == slow.skus
+
+
+# "A" on two products (held as ambiguous), one product without a SKU, one not tracked
+SHARED_CATALOG = pl.DataFrame(
+    {
+        "id": ["a1", "b", "a2", "ü", "x", "n"],
+        "vendorSku": ["A", "B", "A", "ÜBER-1", None, "NOT-TRACKED"],
+        "tracked": [True, True, True, True, True, False],
+        "backorder": [False] * 6,
+    }
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from([*SKU_TEXTS, "NOT-TRACKED", " B "]),
+                st.sampled_from(QUANTITY_TEXTS),
+            ),
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.sampled_from(["zero", "keep"]),
+)
+def test_stock_placed_by_catalog_row_is_stock_joined_by_sku(warehouses, absent):
+    """check_rows names each SKU's catalog row; reconcile sums by it, not by the SKU's text."""
+    feeds = [
+        Feed(f"w{n}", f"w{n}.csv", pl.DataFrame(rows, schema=FEED_SCHEMA, orient="row"), 0, NOW, 2)
+        for n, rows in enumerate(warehouses)
+    ]
+    checked = check_rows(feeds, SHARED_CATALOG)
+    known = checked.on_hand.filter(pl.col(CATALOG_ROW).is_not_null())
+    assert (SHARED_CATALOG["vendorSku"].gather(known[CATALOG_ROW]) == known["sku"]).all()
+    assert (
+        checked.on_hand.filter(pl.col(CATALOG_ROW).is_null())["sku"]
+        .is_in(SHARED_CATALOG["vendorSku"].drop_nulls().implode())
+        .not_()
+        .all()
+    )
+    safety = {"w0": 0, "w1": 3, "w2": 1}
+    by_row = reconcile_checked(checked, SHARED_CATALOG, safety, absent)
+    good_rows = checked.on_hand.select(pl.col("warehouse").cast(pl.String), "sku", "quantity")
+    by_text = reconcile(good_rows, checked.held_skus, SHARED_CATALOG, safety, absent)
+    assert by_row.products.equals(by_text.products)
 
 
 def test_the_suite_decides_even_for_plain_rows(monkeypatch):
