@@ -97,24 +97,24 @@ def available_by_sku(on_hand: pl.DataFrame, safety_stock: Mapping[str, int]) -> 
 
 
 def available_by_row(
-    on_hand: pl.DataFrame, safety_stock: Mapping[str, int], catalog: pl.DataFrame
+    stock: pl.LazyFrame, safety_stock: Mapping[str, int], catalog: pl.DataFrame
 ) -> pl.Series:
-    """available_by_sku, per row of the catalog whose rows on_hand's catalog_row names.
+    """available_by_sku, per row of the catalog whose rows the stock's catalog_row names.
 
     Null where no warehouse lists the row's SKU, and on all but one row of a SKU that several
     catalog products share (those are held anyway). Summed by catalog row, an integer, then
     scattered: a third of the time of keying the SKU texts twice, to sum and then to join.
     """
+    warehouse = stock.collect_schema()["warehouse"]
     sums = (
-        on_hand.lazy()
-        .filter(pl.col(CATALOG_ROW).is_not_null())
-        .select(CATALOG_ROW, _after_safety_stock(safety_stock, on_hand.schema["warehouse"]))
+        stock.filter(pl.col(CATALOG_ROW).is_not_null())
+        .select(CATALOG_ROW, _after_safety_stock(safety_stock, warehouse))
         .group_by(CATALOG_ROW)
         .agg(pl.col("available").sum())
         .collect(engine="streaming")
     )
     if sums.height and sums[CATALOG_ROW].max() >= catalog.height:  # type: ignore[operator]
-        raise ValueError("on_hand names catalog rows this catalog does not have")
+        raise ValueError("the stock names catalog rows this catalog does not have")
     available = pl.repeat(None, catalog.height, dtype=pl.Int64, eager=True).alias("available")
     return available.scatter(sums[CATALOG_ROW], sums["available"])
 
@@ -210,9 +210,9 @@ def reconcile_checked(
 ) -> Plan:
     """The same rules over checked rows: bins summed per warehouse and SKU, catalog rows found.
 
-    `catalog` must be the one check_rows was given: on_hand names its rows.
+    `catalog` must be the one check_rows was given: the stock names its rows.
     """
-    available = available_by_row(checked.on_hand, safety_stock, catalog)
+    available = available_by_row(checked.stock, safety_stock, catalog)
     return plan_updates(available, checked.held_skus, catalog, absent)
 
 

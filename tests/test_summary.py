@@ -37,7 +37,8 @@ EXTRACTED = Extracted(
     seconds={"east": 0.3012},  # north: not timed
 )
 CHECKED = CheckedRows(
-    on_hand=pl.DataFrame(),
+    stock=pl.LazyFrame(),
+    totals=0,
     flagged=pl.DataFrame(
         [
             (1, "negative quantity", "report"),
