@@ -13,11 +13,16 @@ def is_duplicated(values: pl.Series) -> pl.Series:
     """values.is_duplicated(), decided on 64-bit hashes first and confirmed on the strings.
 
     Equal strings have equal hashes, so only values whose hash repeats can repeat; those few
-    are compared as strings. Keying a hash table by a million strings cost 3-4x as much.
+    are compared as strings. The repeated hashes are found by sorting them (a radix sort)
+    and comparing neighbours: a third of the time of keying a hash table by them, which in
+    turn cost a third of keying one by the million strings.
     """
-    maybe = values.hash().is_duplicated()
-    if not maybe.any():
-        return maybe
+    hashes = values.hash()
+    ordered = hashes.sort()
+    repeated = ordered.filter(ordered == ordered.shift(1))
+    if not repeated.len():
+        return pl.repeat(False, values.len(), eager=True).alias(values.name)
+    maybe = hashes.is_in(repeated.implode())
     positions = maybe.arg_true()
     return maybe.scatter(positions, values.gather(positions).is_duplicated())
 
