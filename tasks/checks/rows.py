@@ -5,6 +5,9 @@ catalog knows. Those are summed per SKU straight from the feed, and GX sees only
 values they take. Every other row (a quantity that needs the rules, an empty or unknown SKU)
 is parsed with the rules' expressions and validated by GX row by row, so the suite still
 names it. If GX ever refuses a value taken as plain, every row is judged the long way.
+
+The catalog row each listed SKU's stock goes to is found here, in the one join that finds
+the unknown SKUs, and reconcile sums and places the stock by it.
 """
 
 from __future__ import annotations
@@ -151,11 +154,12 @@ def scan_feed(feed: Feed, offset: int, shortcut: bool = True) -> FeedScan:
 
 
 def _listed(scans: Sequence[FeedScan], catalog: pl.DataFrame, warehouses: pl.Enum) -> pl.DataFrame:
-    """Every feed's SKU texts, stacked: warehouse, sku_text, sku, their counts, catalog_row.
+    """Every feed's SKU texts, stacked: the scan's keys, with warehouse, sku, mixed, catalog_row.
 
-    "sku" is the text trimmed, where a feed needs it; it can be "" or null where the text
-    stands for no SKU, and catalog_row is null there and for every SKU the catalog lacks.
-    catalog_row is a row of the catalog whose vendorSku is the SKU (any one, if several).
+    "mixed" says some of the text's rows are not plain. "sku" is the text trimmed, where a
+    feed needs it; it can be "" or null where the text stands for no SKU, and catalog_row is
+    null there and for every SKU the catalog lacks. catalog_row is a row of the catalog
+    whose vendorSku is the SKU (any one, if several).
     One join of the feeds' texts with the catalog finds both the unknown SKUs and the rows
     their stock goes to; it returns row numbers only, so no text is copied, and reconcile
     sums and places the stock by those numbers instead of keying a million texts twice more.
@@ -165,7 +169,7 @@ def _listed(scans: Sequence[FeedScan], catalog: pl.DataFrame, warehouses: pl.Enu
             pl.lit(scan.feed.warehouse, pl.String).cast(warehouses).alias("warehouse"),
             pl.all(),
             scan.sku if scan.trimmed else pl.col("sku_text").alias("sku"),
-            # some of its rows are not plain (a few thousand texts, found in a small set)
+            # the other rows' texts are a few thousand: a small set to look each text up in
             pl.col("sku_text").is_in(scan.others["sku_text"].implode()).alias("mixed"),
         )
         for scan in scans
@@ -185,7 +189,7 @@ def _listed(scans: Sequence[FeedScan], catalog: pl.DataFrame, warehouses: pl.Enu
     )
     found = pl.repeat(None, sum(frame.height for frame in keys), dtype=pl.UInt32, eager=True)
     found = found.scatter(pairs["key"], pairs[CATALOG_ROW]).alias(CATALOG_ROW)
-    # one chunk per feed in every column (scan_feeds rechunks the keys): columns chunked alike
+    # one chunk per feed in every column (scan_feed rechunks the keys): columns chunked alike
     # are filtered as they are, where unlike ones were first copied whole (+0.17 GB at 1M)
     offsets = accumulate((frame.height for frame in keys), initial=0)
     return pl.concat(
