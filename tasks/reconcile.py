@@ -76,20 +76,21 @@ def planned_rows(frame: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series | None
 
 
 def sum_bins(rows: pl.DataFrame) -> pl.DataFrame:
-    """One row per warehouse and SKU: its rows (bins) summed."""
+    """One row per warehouse (an Enum, as check_rows gives it) and SKU: its rows (bins) summed."""
+    names = rows["warehouse"].cast(pl.String).unique().drop_nulls().sort()
     return (
         rows.lazy()
-        .group_by("warehouse", "sku")
+        .group_by(pl.col("warehouse").cast(pl.String).cast(pl.Enum(names)), "sku")
         .agg(pl.col("quantity").sum())
         .collect(engine="streaming")  # half the eager engine's time on 9M rows, 2 cores
     )
 
 
 def available_by_sku(on_hand: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
-    """Per warehouse and SKU (bins already summed): hold back safety stock, floor 0, add up."""
+    """Per warehouse (an Enum) and SKU, bins already summed: hold back safety stock, add up."""
     return (
         on_hand.lazy()
-        .select("sku", _after_safety_stock(safety_stock, on_hand.schema["warehouse"]))
+        .select("sku", _after_safety_stock(safety_stock, _enum(on_hand.schema["warehouse"])))
         .group_by("sku")
         .agg(pl.col("available").sum())
         .collect(engine="streaming")
@@ -101,14 +102,15 @@ def available_by_row(
 ) -> pl.Series:
     """available_by_sku, per row of the catalog whose rows the stock's catalog_row names.
 
-    Null where no warehouse lists the row's SKU, and on all but one row of a SKU that several
-    catalog products share (those are held anyway). Summed by catalog row, an integer, then
-    scattered: a third of the time of keying the SKU texts twice, to sum and then to join.
+    Null where no warehouse lists the row's SKU (and, after check_rows, on all but one row of
+    a SKU that several catalog products share: those are held anyway). Summed by catalog row,
+    an integer, then scattered: a third of the time of keying the SKU texts twice, to sum
+    and then to join.
     """
     warehouse = stock.collect_schema()["warehouse"]
     sums = (
         stock.filter(pl.col(CATALOG_ROW).is_not_null())
-        .select(CATALOG_ROW, _after_safety_stock(safety_stock, warehouse))
+        .select(CATALOG_ROW, _after_safety_stock(safety_stock, _enum(warehouse)))
         .group_by(CATALOG_ROW)
         .agg(pl.col("available").sum())
         .collect(engine="streaming")
@@ -119,16 +121,20 @@ def available_by_row(
     return available.scatter(sums[CATALOG_ROW], sums["available"])
 
 
-def _after_safety_stock(safety_stock: Mapping[str, int], warehouse: pl.DataType) -> pl.Expr:
-    """quantity less its warehouse's safety stock, floored at 0, as "available"."""
-    if isinstance(warehouse, pl.Enum):  # each warehouse's reserve looked up by its number
-        reserves = pl.Series([safety_stock.get(w, 0) for w in warehouse.categories], dtype=pl.Int64)
-        reserve = pl.lit(reserves).gather(pl.col("warehouse").to_physical())
-    else:
-        reserve = pl.col("warehouse").replace_strict(
-            list(safety_stock), list(safety_stock.values()), default=0, return_dtype=pl.Int64
-        )
+def _after_safety_stock(safety_stock: Mapping[str, int], warehouse: pl.Enum) -> pl.Expr:
+    """quantity less its warehouse's safety stock, floored at 0, as "available".
+
+    Each warehouse's reserve is looked up by its number in the Enum: a fifth of the time of
+    replacing a million warehouse names by their reserves.
+    """
+    reserves = pl.Series([safety_stock.get(w, 0) for w in warehouse.categories], dtype=pl.Int64)
+    reserve = pl.lit(reserves).gather(pl.col("warehouse").to_physical())
     return (pl.col("quantity") - reserve).clip(lower_bound=0).alias("available")
+
+
+def _enum(dtype: pl.DataType) -> pl.Enum:
+    assert isinstance(dtype, pl.Enum), "check_rows and sum_bins give the warehouse as an Enum"
+    return dtype
 
 
 def stock_by_sku(good_rows: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
@@ -183,11 +189,10 @@ def plan_updates(
     return Plan(products)
 
 
-def by_catalog_row(stock: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series:
-    """A SKU's stock (sku, available) per catalog row: null where no warehouse lists it."""
-    return catalog.select("vendorSku").join(
-        stock, left_on="vendorSku", right_on="sku", how="left", maintain_order="left"
-    )["available"]
+def with_catalog_rows(on_hand: pl.DataFrame, catalog: pl.DataFrame) -> pl.LazyFrame:
+    """on_hand with the catalog_row of each product carrying its SKU (null: none does)."""
+    rows = catalog.lazy().select("vendorSku").with_row_index(CATALOG_ROW)
+    return on_hand.lazy().join(rows, left_on="sku", right_on="vendorSku", how="left")
 
 
 def reconcile(
@@ -198,8 +203,9 @@ def reconcile(
     absent: Literal["zero", "keep"],
 ) -> Plan:
     """All the rules: rows that count → stock per SKU → a decision per catalog product."""
-    stock = stock_by_sku(good_rows, safety_stock)
-    return plan_updates(by_catalog_row(stock, catalog), held_skus, catalog, absent)
+    stock = with_catalog_rows(sum_bins(good_rows), catalog)
+    available = available_by_row(stock, safety_stock, catalog)
+    return plan_updates(available, held_skus, catalog, absent)
 
 
 def reconcile_checked(
