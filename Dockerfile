@@ -24,7 +24,7 @@ COPY expectations/ expectations/
 COPY deployments/ deployments/
 RUN pip install --no-deps --no-build-isolation -e . \
     && python deployments/docker/prune_to_runtime.py \
-    && python -c "import flows.sync, tasks.state, tasks.suppliers" \
+    && python -c "import flows.sync, tasks.state, flows.server.suppliers" \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM python:${PYTHON_VERSION}-slim-bookworm

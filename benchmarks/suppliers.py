@@ -105,10 +105,10 @@ def measure(suppliers: int, products: int, worker_limit: int, root: Path) -> Sup
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.server.setup import SetupOptions, set_up_server
+    from flows.server.suppliers import TEMPLATE_FILE
     from sandbox.server import SandboxServer
-    from tasks.server_setup import SetupOptions, set_up_server
     from tasks.state import StateLocation, StateStore
-    from tasks.suppliers import TEMPLATE_FILE
 
     result = SuppliersResult(suppliers, products, worker_limit, started=_now())
     tenants = [f"supplier-{i:02d}" for i in range(suppliers)]

@@ -34,7 +34,7 @@ DEFAULT_ROOT = data.DEFAULT_ROOT
 
 def warehouses(dataset: data.Dataset) -> list[Any]:
     """The ten warehouses as the pipeline's own settings objects."""
-    from tasks.sources.csv_file import CsvWarehouse
+    from tasks.sources.csv import CsvWarehouse
 
     return [
         CsvWarehouse(
@@ -59,7 +59,7 @@ def run_pipeline(dataset: data.Dataset, payload_out: Path | None = None) -> dict
     from tasks.checks.rows import check_rows
     from tasks.lightspeed.catalog import catalog_from_csv
     from tasks.reconcile import reconcile_checked
-    from tasks.sources.csv_file import read_csv_feed
+    from tasks.sources.csv import read_csv_feed
 
     settings = warehouses(dataset)
     seconds: dict[str, float] = {}

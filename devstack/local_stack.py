@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from devstack.processes import ManagedProcess, NotReady, descendants, http_ok, port_in_use
-from tasks.server_setup import FLOW_NAME, PROJECT_ROOT
+from flows.server.setup import FLOW_NAME, PROJECT_ROOT
 
 DEMO_CONFIG = PROJECT_ROOT / "demo" / "inventory-sync.toml"
 WORK_POOL = "inventory-sync"
@@ -139,7 +139,7 @@ class LocalStack:
             cwd=PROJECT_ROOT,
         )
         self.setup = dict(setup or {})  # SetupOptions fields beyond the config and timezone
-        self.setup_report: Any = None  # tasks.server_setup.SetupReport once set up
+        self.setup_report: Any = None  # flows.server.setup.SetupReport once set up
         self.worker: ManagedProcess | None = None
         self.watcher: ManagedProcess | None = None
         self.server_seconds = 0.0
@@ -290,7 +290,7 @@ class LocalStack:
             raise StackError(str(exc)) from None
 
     def _set_up_server(self) -> None:
-        """What `inventory-sync deploy` does (tasks/server_setup.py), against this stack's server."""
+        """What `inventory-sync deploy` does (flows/server/setup.py), against this stack's server."""
         from prefect.settings import (
             PREFECT_API_AUTH_STRING,
             PREFECT_API_KEY,
@@ -298,7 +298,7 @@ class LocalStack:
             temporary_settings,
         )
 
-        from tasks.server_setup import SetupError, SetupOptions, set_up_server
+        from flows.server.setup import SetupError, SetupOptions, set_up_server
 
         options = SetupOptions(config_path=self.config, timezone=self.timezone, **self.setup)
         try:

@@ -9,7 +9,7 @@ benchmark's rig (9.4 s against 8.5 s), and of each feed arrival's run.
 Prefect's own async engine does not join (`join_on_exit=False`): the thread sees the stop
 event within the second and returns without sending another heartbeat, and it is a daemon,
 so it never holds a process up. The sync engine is given the same here. Heartbeats during
-the run are untouched, so the heartbeat-lost automation (tasks/server_setup.py) sees them
+the run are untouched, so the heartbeat-lost automation (flows/server/setup.py) sees them
 as before. If Prefect's function ever loses that parameter, nothing is changed.
 
 Except for a run on Prefect's temporary server (no API URL set): the process stops that

@@ -32,11 +32,11 @@ from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.client import retry_policy
 from tasks.lightspeed.load import chunk_size_for, load
 from tasks.lightspeed.read_back import audited_share, read_back
-from tasks.publish import emit_run_event, publish_artifacts, write_files
 from tasks.reconcile import reconcile_task
+from tasks.report.publish import emit_run_event, publish_artifacts, write_files
+from tasks.report.summary import RunSummary, summarize
 from tasks.sources.extract import archive_processed, extract_all
 from tasks.state import StateStore
-from tasks.summary import RunSummary, summarize
 
 CATALOG_RETRIES = 2  # each resumes the refresh from the last page kept; pages retry per GET
 

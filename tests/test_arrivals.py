@@ -16,16 +16,16 @@ from pydantic import SecretStr
 from sftp_server import PASSWORD, PASSWORD_USER, SftpServer
 from wms_server import API_KEY, WmsServer
 
-from tasks.arrivals.batching import Batch, RunGate, RunView, Settling
-from tasks.arrivals.event import ARRIVED, arrival_event, feeds_resource_id
-from tasks.arrivals.seen import load_seen, save_seen
-from tasks.arrivals.watcher import plan_watch, touched, watch_root
+from flows.watcher.batching import Batch, RunGate, RunView, Settling
+from flows.watcher.daemon import plan_watch, touched, watch_root
+from flows.watcher.event import ARRIVED, arrival_event, feeds_resource_id
+from flows.watcher.seen import load_seen, save_seen
 from tasks.config.settings import load_settings
-from tasks.sources.csv_file import CsvWarehouse
+from tasks.sources.csv import CsvWarehouse
 from tasks.sources.feed import Fingerprint, WarehouseUnreadable
+from tasks.sources.http import HttpWarehouse, probe_http
 from tasks.sources.local_files import probe_file
-from tasks.sources.sftp_drop import SftpWarehouse, probe_sftp
-from tasks.sources.wms_api import HttpWarehouse, probe_http
+from tasks.sources.sftp import SftpWarehouse, probe_sftp
 
 pytestmark = pytest.mark.fast
 

@@ -21,7 +21,7 @@ from builders import csv_warehouse, pid, product
 from cli_runs import CLI, cli, cli_env, flow_run_of, run_events, run_logs
 
 from sandbox.server import Fault, SandboxServer
-from tasks.run_lock import run_lock
+from tasks.state.lock import run_lock
 
 pytestmark = pytest.mark.slow
 FEED = "sku,qty\n" + "".join(f"S{i},{i + 1}\n" for i in range(4))

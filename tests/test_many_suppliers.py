@@ -21,10 +21,10 @@ from builders import pid, product
 from process_workers import Machine, wait_for
 
 from devstack.local_stack import prefect_client
+from flows.server.setup import SetupOptions, set_up_server
+from flows.server.suppliers import TEMPLATE_FILE
 from sandbox.server import Fault, SandboxServer
-from tasks.server_setup import SetupOptions, set_up_server
 from tasks.state import StateLocation, StateStore
-from tasks.suppliers import TEMPLATE_FILE
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["prefect_server"]

@@ -15,8 +15,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 
 from devstack.demo import expected_quantities
 from devstack.local_stack import EVERY_15_MINUTES, NIGHTLY_FULL, PROJECT_ROOT, WORK_POOL
-from sandbox.server import Fault
-from tasks.server_setup import (
+from flows.server.setup import (
     CRASH_REPORT,
     FAILED,
     FEED_STALE,
@@ -26,6 +25,7 @@ from tasks.server_setup import (
     SetupOptions,
     set_up_automations,
 )
+from sandbox.server import Fault
 
 pytest_plugins = ["prefect_server"]
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from flows.progress_display import PlainLines, duration, progress_line
-from tasks.progress import Progress
+from flows.cli.progress import PlainLines, duration, progress_line
+from tasks.report.progress import Progress
 
 pytestmark = pytest.mark.fast
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
+from tasks.http.read_retries import ReadCounts, ReadPolicy, read_with_retries
 
 pytestmark = pytest.mark.fast
 

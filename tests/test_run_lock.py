@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from tasks.run_lock import LOCK_FILE, StateBusy, lock_for_next_run, run_lock
 from tasks.state import StateStore
+from tasks.state.lock import LOCK_FILE, StateBusy, lock_for_next_run, run_lock
 
 pytestmark = pytest.mark.fast
 TRY_LOCK = """
 import sys
-from tasks.run_lock import StateBusy, run_lock
+from tasks.state.lock import StateBusy, run_lock
 try:
     with run_lock(sys.argv[1], "run from another process"):
         pass

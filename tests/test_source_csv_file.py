@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.sources.csv_file import CsvWarehouse
+from tasks.sources.csv import CsvWarehouse
 from tasks.sources.extract import read_feed
 from tasks.sources.feed import WarehouseUnreadable
 

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.sources.extract import read_feed
 from tasks.sources.feed import WarehouseUnreadable
-from tasks.sources.parquet_file import ParquetWarehouse
+from tasks.sources.parquet import ParquetWarehouse
 
 pytestmark = pytest.mark.fast
 

@@ -15,7 +15,7 @@ from sftp_server import KEY_USER, PASSWORD, PASSWORD_USER, SftpServer
 
 from tasks.sources.extract import archive_processed, extract_all
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.sftp_drop import SftpWarehouse, archive_sftp_file, read_sftp_feed
+from tasks.sources.sftp import SftpWarehouse, archive_sftp_file, read_sftp_feed
 
 GOOD = {"password": SecretStr(PASSWORD)}
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.sql_query import SqlWarehouse, read_sql_feed
+from tasks.sources.sql import SqlWarehouse, read_sql_feed
 
 QUERY = "SELECT sku, qty FROM stock ORDER BY id"
 

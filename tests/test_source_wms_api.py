@@ -12,7 +12,7 @@ from wms_server import API_KEY, WmsServer
 
 from tasks.sources.extract import Extracted, ExtractFailed, extract_all
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.wms_api import HttpWarehouse, read_http_feed
+from tasks.sources.http import HttpWarehouse, read_http_feed
 
 KEY = {"auth_value": SecretStr(API_KEY)}
 RECORDS = [

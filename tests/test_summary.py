@@ -15,9 +15,9 @@ from tasks.lightspeed.catalog import CatalogRead
 from tasks.lightspeed.load import ChunkFailure, ChunkResult, LoadOutcome
 from tasks.lightspeed.read_back import ReadBack
 from tasks.reconcile import HELD_BAD_ROWS, NOT_TRACKED, PUSHED, STATUSES, ZEROED_ABSENT, Plan
+from tasks.report.summary import RunSummary, WarehouseLine, summarize
 from tasks.sources.extract import Extracted
 from tasks.sources.feed import FEED_SCHEMA, Feed
-from tasks.summary import RunSummary, WarehouseLine, summarize
 
 pytestmark = pytest.mark.fast
 

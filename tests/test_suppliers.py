@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.server.suppliers import deployments_for, read_suppliers, staggered
 from tasks.config.errors import ConfigError
-from tasks.suppliers import deployments_for, read_suppliers, staggered
 
 pytestmark = pytest.mark.fast
 

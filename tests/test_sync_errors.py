@@ -12,9 +12,9 @@ from tasks.errors import SyncError, TracebackFreeSyncErrors
 from tasks.guards import ChangesNotApproved, StaleFeeds
 from tasks.lightspeed.catalog import CatalogError
 from tasks.lightspeed.client import FatalError, RetryableError, Unauthorized
-from tasks.run_lock import StateBusy
 from tasks.sources.extract import ExtractFailed
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
+from tasks.state.lock import StateBusy
 
 pytestmark = pytest.mark.fast
 

@@ -23,8 +23,7 @@ from stack import ServerStack
 from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, expected_quantities, product_id
 from devstack.local_stack import EVERY_15_MINUTES, WORK_POOL, LocalStack
 from devstack.processes import ManagedProcess, descendants, free_port, is_running, port_in_use
-from sandbox.server import Fault
-from tasks.server_setup import (
+from flows.server.setup import (
     FAILED,
     FEED_STALE,
     NO_SUCCESS,
@@ -33,6 +32,7 @@ from tasks.server_setup import (
     SetupOptions,
     set_up_automations,
 )
+from sandbox.server import Fault
 from tasks.state import StateStore
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from tasks.config.settings import LightspeedSettings, account_name
-from tasks.read_retries import run_warning
+from tasks.http.read_retries import run_warning
 
 LEASE_SECONDS = 60  # Prefect's shortest lease: a killed run's slots return within about a minute
 SLOT_TIMEOUT_SECONDS = 600.0

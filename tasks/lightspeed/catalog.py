@@ -16,14 +16,14 @@ from pydantic import SecretStr
 
 from tasks.config.settings import CatalogSettings, LightspeedSettings
 from tasks.errors import SyncError
+from tasks.http.read_retries import run_warning
 from tasks.lightspeed.client import (
     LightspeedClient,
     LightspeedError,
     Unauthorized,
 )
 from tasks.lightspeed.contract import BACKORDER, TRACKED, FlagError, parse_flag
-from tasks.progress import current as current_progress
-from tasks.read_retries import run_warning
+from tasks.report.progress import current as current_progress
 from tasks.state import KeptCatalog, RefreshProgress, StateLocation, StateStore
 from tasks.text_columns import is_duplicated, needs_trimming
 

@@ -22,7 +22,9 @@ from pydantic import SecretStr
 
 from tasks.config.settings import LightspeedSettings
 from tasks.errors import SyncError
-from tasks.http_verdicts import (
+from tasks.http.read_retries import ReadCounts, ReadPolicy, read_with_retries
+from tasks.http.task_retries import retry_options
+from tasks.http.verdicts import (
     USER_AGENT,
     Unreachable,
     is_transient,
@@ -33,8 +35,6 @@ from tasks.http_verdicts import (
 )
 from tasks.lightspeed.account_limit import AccountLimitMissing, SlotUnavailable, request_slot
 from tasks.lightspeed.pacing import account_pacer
-from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
-from tasks.retries import retry_options
 
 
 class LightspeedError(SyncError):
@@ -105,7 +105,7 @@ def tls_context() -> ssl.SSLContext:
 class LightspeedClient:
     """Owns base URL, auth, timeouts, paging, pacing and the verdict on each response.
 
-    Reads (GET) are retried per request (tasks/read_retries.py); a PUT is never retried here:
+    Reads (GET) are retried per request (tasks/http/read_retries.py); a PUT is never retried here:
     its chunk's Prefect task retries it, so the UI shows each attempt.
     """
 

@@ -43,7 +43,7 @@ from tasks.lightspeed.client import (
     retry_policy,
     shared_client,
 )
-from tasks.progress import current as current_progress
+from tasks.report.progress import current as current_progress
 from tasks.state import StateLocation, StateStore
 
 PROGRESS_KEY = "load-progress"

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.client import LightspeedClient, LightspeedError
 from tasks.lightspeed.load import LoadOutcome
-from tasks.progress import current as current_progress
+from tasks.report.progress import current as current_progress
 from tasks.state import StateLocation, StateStore
 
 DRIFT_SCHEMA = {"id": pl.String, "vendorSku": pl.String, "pushed": pl.Int64, "platform": pl.Int64}

@@ -14,7 +14,7 @@ from prefect.runtime import task_run as this_task_run
 
 from tasks.config.secrets import resolve_secrets
 from tasks.errors import SyncError
-from tasks.retries import retry_options
+from tasks.http.task_retries import retry_options
 from tasks.sources import registry
 from tasks.sources.feed import (
     Feed,

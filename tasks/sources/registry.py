@@ -6,7 +6,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
-from tasks.sources import csv_file, parquet_file, sftp_drop, sql_query, wms_api
+from tasks.sources import csv, http, parquet, sftp, sql
 from tasks.sources.feed import SourceKind
 
 KINDS: dict[str, SourceKind] = {}
@@ -33,5 +33,5 @@ def warehouse_type() -> Any:
     return Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007
 
 
-for _kind in (csv_file.KIND, parquet_file.KIND, sftp_drop.KIND, wms_api.KIND, sql_query.KIND):
+for _kind in (csv.KIND, parquet.KIND, sftp.KIND, http.KIND, sql.KIND):
     register(_kind)

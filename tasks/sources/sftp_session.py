@@ -17,7 +17,7 @@ import asyncssh
 from pydantic import SecretStr
 
 from tasks.sources.feed import Fingerprint, WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.sftp_drop import SftpFeed, SftpWarehouse, remote_url
+from tasks.sources.sftp import SftpFeed, SftpWarehouse, remote_url
 
 
 async def probe(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> Fingerprint:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tasks.run_lock import StateBusy
+from tasks.state.lock import StateBusy
 
 if TYPE_CHECKING:
     from tasks.state.location import DEFAULT_TENANT, StateLocation

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, delete, func, insert, select, union
 
-from tasks.run_lock import LOCK_FILE, lock_file, run_lock
 from tasks.state import schema
 from tasks.state.legacy import is_legacy, upgrade_legacy
 from tasks.state.location import SQLITE, StateLocation
+from tasks.state.lock import LOCK_FILE, lock_file, run_lock
 from tasks.state.store import StateStore
 
 BATCH_ROWS = 5000

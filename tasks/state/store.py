@@ -29,7 +29,6 @@ from typing import Any
 import polars as pl
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from tasks.run_lock import adopt, check_still_held, run_lock, say_who_holds
 from tasks.sources.feed import FEED_SCHEMA, Feed
 from tasks.state import schema
 from tasks.state.engines import READ, engine_for, sqlite_write_lock
@@ -42,6 +41,7 @@ from tasks.state.frames import (
     to_blob,
 )
 from tasks.state.location import SQLITE, StateLocation
+from tasks.state.lock import adopt, check_still_held, run_lock, say_who_holds
 from tasks.state.log_writer import LogWriter
 from tasks.text_columns import is_duplicated
 

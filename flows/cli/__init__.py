@@ -16,7 +16,7 @@ import typer
 from tasks.config.errors import ConfigError
 from tasks.config.paths import state_folder
 from tasks.errors import SyncError
-from tasks.run_lock import StateBusy, lock_for_next_run, lock_key
+from tasks.state.lock import StateBusy, lock_for_next_run, lock_key
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -122,9 +122,9 @@ def run_once(
 
 def _run_flow(config: Path, progress_every: float, parameters: dict[str, Any]) -> int:
     """The flow run itself, with the progress display; its outcome as an exit status."""
-    from flows.progress_display import showing_progress
+    from flows.cli.progress import showing_progress
     from flows.sync import SyncFailed, inventory_sync
-    from tasks.summary import RunSummary
+    from tasks.report.summary import RunSummary
 
     with showing_progress(progress_every):
         state = inventory_sync(config_path=str(config), return_state=True, **parameters)
@@ -225,7 +225,7 @@ def deploy(
 
 def deploy_to_server(config: Path, **choices: Any) -> int:
     """Check the options, set the server up, say what changed; return the exit status."""
-    from tasks.server_setup import AUTOMATIONS_FILE, PREFECT_FILE, SetupOptions
+    from flows.server.setup import AUTOMATIONS_FILE, PREFECT_FILE, SetupOptions
 
     try:
         windows = _alert_windows(choices["no_success_after"], choices["late_after"])
@@ -295,7 +295,7 @@ def _set_up(api_url: str, options: Any) -> int:
     import httpx
     from prefect.exceptions import PrefectHTTPStatusError
 
-    from tasks.server_setup import SetupError, set_up_server
+    from flows.server.setup import SetupError, set_up_server
 
     typer.echo(f"Setting up the Prefect server at {api_url}")
     try:
@@ -357,7 +357,7 @@ def watch_feeds(config: Path) -> int:
             err=True,
         )
         return EXIT_USAGE
-    from tasks.arrivals.watcher import WatchError, run_watcher
+    from flows.watcher.daemon import WatchError, run_watcher
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"

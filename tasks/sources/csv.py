@@ -14,7 +14,7 @@ from tasks.sources.local_files import FileWarehouse, newest_file, probe_file, re
 from tasks.sources.warehouse import CsvOptions
 
 if TYPE_CHECKING:
-    from tasks.sources.sftp_drop import SftpWarehouse
+    from tasks.sources.sftp import SftpWarehouse
 
 UTF8_BOM = b"\xef\xbb\xbf"
 NOT_TEXT = {  # what a CSV export is sometimes confused with: its first bytes, what it is, what to do

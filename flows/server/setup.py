@@ -17,7 +17,7 @@ from uuid import UUID
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 AUTOMATIONS_FILE = PROJECT_ROOT / "deployments" / "automations.yaml"
 FLOW_NAME = "inventory-sync"
@@ -57,7 +57,7 @@ class SetupOptions:
     prefect_file: Path = PREFECT_FILE
     automations_file: Path = AUTOMATIONS_FILE
     suppliers: bool = (
-        False  # config_path is a folder of supplier configurations (tasks/suppliers.py)
+        False  # config_path is a folder of supplier configurations (flows/server/suppliers.py)
     )
     pool_limit: int | None = None  # with suppliers: runs at once on the pool (none: no limit)
     worker_folder: Path | None = None  # with suppliers: where the workers see the folder
@@ -96,7 +96,7 @@ def set_up_server(
 ) -> SetupReport:
     """Create or update the work pool, the deployments and every automation; idempotent."""
     if options.suppliers:
-        from tasks.suppliers import set_up_suppliers
+        from flows.server.suppliers import set_up_suppliers
 
         return set_up_suppliers(api_url, options, say, environ)
     deployments = read_deployments_file(options.prefect_file)

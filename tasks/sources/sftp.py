@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tasks.config.fields import relative_to_config
 from tasks.config.secrets import SecretRef
-from tasks.sources.csv_file import csv_feed
+from tasks.sources.csv import csv_feed
 from tasks.sources.feed import (
     Feed,
     Fingerprint,

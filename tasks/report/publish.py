@@ -13,7 +13,7 @@ from prefect.events import emit_event
 from tasks.checks.rows import CheckedRows
 from tasks.delta import Changes
 from tasks.lightspeed.load import LoadOutcome
-from tasks.summary import RunSummary
+from tasks.report.summary import RunSummary
 
 SUMMARY_KEY = "sync-summary"
 QUARANTINE_KEY = "quarantine"

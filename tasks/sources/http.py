@@ -20,7 +20,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tasks.config.fields import http_url
 from tasks.config.secrets import SecretRef
-from tasks.http_verdicts import (
+from tasks.http.read_retries import ReadCounts, ReadPolicy, read_with_retries
+from tasks.http.verdicts import (
     USER_AGENT,
     Unreachable,
     is_transient,
@@ -28,7 +29,6 @@ from tasks.http_verdicts import (
     send,
     server_message,
 )
-from tasks.read_retries import ReadCounts, ReadPolicy, read_with_retries
 from tasks.sources.feed import (
     RECORDS_WORDING,
     Feed,

@@ -22,9 +22,9 @@ from uuid import UUID
 
 import httpx
 
-from tasks.arrivals.batching import Batch, RunGate, RunView, Settling
-from tasks.arrivals.event import arrival_event
-from tasks.arrivals.seen import load_seen, save_seen, seen_path
+from flows.watcher.batching import Batch, RunGate, RunView, Settling
+from flows.watcher.event import arrival_event
+from flows.watcher.seen import load_seen, save_seen, seen_path
 from tasks.config.secrets import resolve_secrets
 from tasks.config.settings import Settings
 from tasks.sources import registry

@@ -1,6 +1,6 @@
 """How the CLI shows the long stages while they run: a live display in a terminal, plain lines otherwise.
 
-The counts come from `tasks.progress`; the final summary is printed afterwards, unchanged.
+The counts come from `tasks.report.progress`; the final summary is printed afterwards, unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tasks.progress import Progress, StageSnapshot, current
+from tasks.report.progress import Progress, StageSnapshot, current
 
 LIVE_REFRESHES_PER_SECOND = 4
 

@@ -23,7 +23,7 @@ from tasks.config.errors import ConfigError
 from tasks.config.settings import account_name, load_settings
 from tasks.lightspeed.account_limit import limit_name
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 CONFIG_PARAMETER = "{{ $INVENTORY_SYNC_CONFIG }}"
 TIMEZONE_PARAMETER = "{{ $INVENTORY_SYNC_TIMEZONE }}"
@@ -224,7 +224,7 @@ def set_up_suppliers(
     account limits, then the automations, as for one configuration; idempotent."""
     from dataclasses import replace
 
-    from tasks.server_setup import (
+    from flows.server.setup import (
         FLOW_NAME,
         SetupError,
         SetupReport,

@@ -1,0 +1,1 @@
+"""HTTP plumbing every client shares: verdicts on responses, per-request read retries, task retries."""

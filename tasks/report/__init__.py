@@ -1,0 +1,1 @@
+"""What a run reports: the summary, its artifacts and files, and the live progress."""
