@@ -114,7 +114,8 @@ def run_trials(
 
     from tasks.config.settings import LightspeedSettings
     from tasks.lightspeed.load import chunk_size_for, load, split_into_chunks
-    from tasks.state import StateLocation, StateStore
+    from tasks.state.location import StateLocation
+    from tasks.state.store import StateStore
 
     payload = pl.read_parquet(payload_file)
 

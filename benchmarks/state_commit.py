@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commits", type=int, default=300)
     parser.add_argument("--postgres", help="a PostgreSQL URL to measure against")
     args = parser.parse_args(argv)
-    from tasks.state import StateLocation, StateStore
+    from tasks.state.location import StateLocation
+    from tasks.state.store import StateStore
 
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))

@@ -108,7 +108,8 @@ def measure(suppliers: int, products: int, worker_limit: int, root: Path) -> Sup
     from flows.server.setup import SetupOptions, set_up_server
     from flows.server.suppliers import TEMPLATE_FILE
     from sandbox.server import SandboxServer
-    from tasks.state import StateLocation, StateStore
+    from tasks.state.location import StateLocation
+    from tasks.state.store import StateStore
 
     result = SuppliersResult(suppliers, products, worker_limit, started=_now())
     tenants = [f"supplier-{i:02d}" for i in range(suppliers)]

@@ -163,7 +163,7 @@ def write_south_db(path: Path, rows: list[tuple[str, str]]) -> None:
 
 def run_demo(folder: Path) -> int:
     """Serve the sandbox, sync the demo feeds once, and check the sandbox holds what it should."""
-    from flows.cli import run_once
+    from flows.cli.run import run_once
     from sandbox.server import SandboxServer
 
     folder = folder.resolve()

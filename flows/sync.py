@@ -18,14 +18,14 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.heartbeats import end_runs_without_joining_heartbeats
+from flows.process import prepare_process
 from tasks.checks.payload import check_payload_task
 from tasks.checks.rows import check_rows_task
 from tasks.checks.suites import preload as preload_validation
 from tasks.config.secrets import resolve_state, resolve_token
 from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
-from tasks.errors import SyncError, log_sync_errors_without_traceback
+from tasks.errors import SyncError
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
 from tasks.lightspeed.account_limit import ensure_account_limit
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
@@ -36,7 +36,7 @@ from tasks.reconcile import reconcile_task
 from tasks.report.publish import emit_run_event, publish_artifacts, write_files
 from tasks.report.summary import RunSummary, summarize
 from tasks.sources.extract import archive_processed, extract_all
-from tasks.state import StateStore
+from tasks.state.store import StateStore
 
 CATALOG_RETRIES = 2  # each resumes the refresh from the last page kept; pages retry per GET
 
@@ -51,11 +51,6 @@ class SyncFailed(SyncError):
             + "\n".join(summary.failures)
         )
         self.summary = summary
-
-
-# here, because every run (CLI or deployment) imports it
-log_sync_errors_without_traceback()
-end_runs_without_joining_heartbeats()
 
 
 @flow(
@@ -88,6 +83,7 @@ def inventory_sync(
         refresh_catalog: Read the whole catalog from the API now, not the one kept between
             runs (a full run always does): for products added or re-flagged since.
     """
+    prepare_process()  # a no-op where the entry point did it (CLI, flow-run process)
     logger = get_run_logger()
     run_id = str(flow_run.id or uuid4())  # what the state records; names can repeat
     run = flow_run.name or run_id

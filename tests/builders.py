@@ -8,7 +8,7 @@ from typing import Any
 
 from tasks.config.secrets import resolve_state
 from tasks.config.settings import load_settings
-from tasks.state import StateStore
+from tasks.state.store import StateStore
 
 TOKEN = "test-token"
 

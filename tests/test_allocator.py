@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.allocator import JEMALLOC_CONF, JEMALLOC_ENV
+from flows.allocator import JEMALLOC_CONF, JEMALLOC_ENV
 
 pytestmark = pytest.mark.fast
 
@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, os, sys
 {before}
-import flows.cli  # what the `inventory-sync` command imports first
+import flows.cli.app  # what the `inventory-sync` command imports first
+from flows.process import prepare_process
+prepare_process()  # what its main() does first
 import polars
 print(json.dumps({{"conf": os.environ.get("{env}")}}))
 """
@@ -57,6 +59,6 @@ def test_nothing_is_pretended_once_polars_is_loaded() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_glibc_keeps_a_fixed_mmap_threshold() -> None:
-    from tasks.allocator import release_freed_memory
+    from flows.allocator import release_freed_memory
 
     assert release_freed_memory() is True

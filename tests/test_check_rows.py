@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.checks import suites
+from tasks.checks import gx, suites
+from tasks.checks.gx import SUITES_DIR
 from tasks.checks.payload import PayloadInvalid, check_payload
 from tasks.checks.rows import SUITE, CheckedRows, check_rows, judge, scan_feeds
-from tasks.checks.suites import SUITES_DIR
 from tasks.reconcile import CATALOG_ROW, reconcile, reconcile_checked
 from tasks.sources.feed import FEED_SCHEMA, Feed
 
@@ -270,7 +270,7 @@ def test_stock_placed_by_catalog_row_is_stock_joined_by_sku(warehouses, absent):
 
 def test_the_suite_decides_even_for_plain_rows(monkeypatch):
     """A stricter suite (at most 10 units a row) flags a quantity polars read as plain."""
-    spec = json.loads(json.dumps(suites.load_suite(SUITE)))
+    spec = json.loads(json.dumps(gx.load_suite(SUITE)))
     [limit] = [e for e in spec["expectations"] if e["meta"]["reason"] == "quantity out of range"]
     limit["kwargs"]["max_value"] = 10
     monkeypatch.setattr(suites, "load_suite", lambda name: spec if name == SUITE else {})

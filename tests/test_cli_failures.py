@@ -215,7 +215,7 @@ def a_bug(*args, **kwargs):
 
 
 tasks.reconcile.plan_updates = a_bug  # every route through the rules ends here
-from flows.cli import app
+from flows.cli.app import app
 
 sys.exit(app())
 """

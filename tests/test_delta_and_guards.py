@@ -367,7 +367,7 @@ def test_422_for_everything_is_not_blamed_on_the_items(tmp_path, sandbox, write_
 
 
 def test_two_runs_on_the_same_state_never_overlap(six, sandbox, tmp_path):
-    from tasks.state import StateBusy
+    from tasks.state.lock import StateBusy
 
     with state_of(six).exclusive("the-other-run"):
         state, result = run(six)

@@ -24,7 +24,8 @@ from devstack.local_stack import prefect_client
 from flows.server.setup import SetupOptions, set_up_server
 from flows.server.suppliers import TEMPLATE_FILE
 from sandbox.server import Fault, SandboxServer
-from tasks.state import StateLocation, StateStore
+from tasks.state.location import StateLocation
+from tasks.state.store import StateStore
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["prefect_server"]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tasks.state import StateStore
 from tasks.state.lock import LOCK_FILE, StateBusy, lock_for_next_run, run_lock
+from tasks.state.store import StateStore
 
 pytestmark = pytest.mark.fast
 TRY_LOCK = """

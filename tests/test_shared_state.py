@@ -22,7 +22,8 @@ from process_workers import Machine, create_pool, deploy, first_to_end, wait_for
 
 from devstack.local_stack import prefect_client
 from sandbox.server import Fault, SandboxServer
-from tasks.state import StateLocation, StateStore
+from tasks.state.location import StateLocation
+from tasks.state.store import StateStore
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,11 @@ import pytest
 from sqlalchemy import select
 
 from tasks.sources.feed import FEED_SCHEMA, Feed
-from tasks.state import FeedMark, StateBusy, StateStore, schema
+from tasks.state import schema
 from tasks.state.frames import to_blob
 from tasks.state.legacy import snapshot_file_name
-from tasks.state.store import PUSHED_SCHEMA, fold
+from tasks.state.lock import StateBusy
+from tasks.state.store import PUSHED_SCHEMA, FeedMark, StateStore, fold
 
 pytestmark = pytest.mark.fast
 
@@ -186,7 +187,7 @@ def test_a_second_handle_on_the_same_store_is_refused_while_a_run_holds_it(tmp_p
 HOLD_LOCK = textwrap.dedent(
     """
     import sys
-    from tasks.state import StateStore
+    from tasks.state.store import StateStore
     with StateStore(sys.argv[1]).exclusive("other-run"):
         print("locked", flush=True)
         sys.stdin.readline()

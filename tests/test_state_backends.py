@@ -18,14 +18,16 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from flows.cli import app
+from flows.cli.app import app
 from tasks.config.errors import ConfigError
 from tasks.config.secrets import resolve_state
 from tasks.config.settings import load_settings
-from tasks.state import StateBusy, StateLocation, StateStore
 from tasks.state.frames import to_blob
 from tasks.state.legacy import is_legacy, snapshot_file_name
+from tasks.state.location import StateLocation
+from tasks.state.lock import StateBusy
 from tasks.state.migrate import copy_tenant
+from tasks.state.store import StateStore
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -137,7 +139,7 @@ def test_a_second_run_of_a_tenant_is_refused_but_other_tenants_run(database):
 
 HOLD = """
 import sys, time
-from tasks.state import StateStore
+from tasks.state.store import StateStore
 with StateStore(sys.argv[1], "acme").exclusive("doomed"):
     print("holding", flush=True)
     time.sleep(120)

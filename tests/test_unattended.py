@@ -33,7 +33,7 @@ from flows.server.setup import (
     set_up_automations,
 )
 from sandbox.server import Fault
-from tasks.state import StateStore
+from tasks.state.store import StateStore
 
 pytestmark = pytest.mark.slow
 

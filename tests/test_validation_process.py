@@ -19,8 +19,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.checks import suites, validation_process
-from tasks.checks.suites import SuiteError, validate_distinct, validate_here
+from tasks.checks import gx, suites, validation_process
+from tasks.checks.gx import SuiteError, validate_here
+from tasks.checks.suites import validate_distinct
 from tasks.checks.validation_process import ProcessGone, ValidationProcess
 
 pytestmark = pytest.mark.slow
@@ -113,9 +114,9 @@ def test_the_side_process_defers_what_gx_imports_for_expectations_it_never_runs(
     script = textwrap.dedent(
         """
         import importlib.util, sys
-        from tasks.checks import suites, validation_process
+        from tasks.checks import gx, validation_process
         sys.meta_path.insert(0, validation_process.LazyImports(validation_process.LAZY_PACKAGES))
-        suites.import_great_expectations()
+        gx.import_great_expectations()
         lazy = importlib.util._LazyModule
         print(sorted(m for m in ("scipy.stats", "altair") if isinstance(sys.modules[m], lazy)))
         print(sys.modules["scipy.stats"].norm.cdf(0.0))  # loads when first used
@@ -138,7 +139,7 @@ def test_the_side_process_judges_by_the_suite_this_process_read(
     as_the_runs_side_process, monkeypatch
 ):
     """A suite changed after the side process started (here: at most 10 units) is the one used."""
-    spec = json.loads(json.dumps(suites.load_suite("warehouse_rows")))
+    spec = json.loads(json.dumps(gx.load_suite("warehouse_rows")))
     [limit] = [e for e in spec["expectations"] if e["meta"]["reason"] == "quantity out of range"]
     limit["kwargs"]["max_value"] = 10
     monkeypatch.setattr(suites, "load_suite", lambda name: spec)

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -94,25 +94,67 @@ def set_up_server(
     say: Say = print,
     environ: Mapping[str, str] | None = None,
 ) -> SetupReport:
-    """Create or update the work pool, the deployments and every automation; idempotent."""
-    if options.suppliers:
-        from flows.server.suppliers import set_up_suppliers
+    """Create or update the work pools, the deployments and every automation; idempotent.
 
-        return set_up_suppliers(api_url, options, say, environ)
-    deployments = read_deployments_file(options.prefect_file)
+    One configuration, or with `options.suppliers` a folder of them (flows/server/suppliers.py):
+    then each supplier gets the template's deployments, and each API account its request limit.
+    """
+    from dataclasses import replace
+
+    from flows.server import suppliers as folder
+
+    found = folder.read_suppliers(options.config_path) if options.suppliers else []
+    if options.suppliers:
+        document = folder.deployments_for(
+            found, options.prefect_file, options.timezone, options.worker_folder
+        )
+    else:
+        document = {"deployments": read_deployments_file(options.prefect_file)}
+    deployments = document["deployments"]
     report = SetupReport(heartbeat_seconds(deployments), say)
+    if options.suppliers:
+        report.note("folder", str(options.config_path), f"{len(found)} supplier(s)")
     with prefect_api(api_url) as client:
         if (problem := client.api_healthcheck()) is not None:
             raise SetupError(f"the Prefect server at {api_url} does not answer: {problem}")
         if options.notify:
             find_notification_block(client, options.notify)  # refuse a wrong name before anything
-        for pool in sorted(work_pool_names(deployments)):
-            report.note("work pool", pool, ensure_work_pool(client, pool))
+        pools = (
+            folder.work_pools(document)
+            if options.suppliers
+            else dict.fromkeys(work_pool_names(deployments), False)
+        )
+        for pool, runs_images in sorted(pools.items()):
+            if options.suppliers:
+                # Not one run at a time as for one supplier: each tenant's run lock and each
+                # deployment's own limit keep a supplier's runs apart; a worker's --limit bounds
+                # what one machine runs at once.
+                change = ensure_work_pool(
+                    client, pool, options.pool_limit, creatable=not runs_images,
+                    description="Runs inventory-sync flow runs of many suppliers as local processes.",
+                )  # fmt: skip
+            else:
+                change = ensure_work_pool(client, pool)
+            report.note("work pool", pool, change)
+        for name, change in folder.ensure_account_limits(client, found):
+            report.note("concurrency limit", name, change)
     names = [str(d["name"]) for d in deployments]
-    report.deployments = register_deployments(api_url, options, names, environ)
-    for name in names:
-        report.note("deployment", f"{FLOW_NAME}/{name}", f"registered from {options.prefect_file}")
-    set_up_automations(api_url, options, report)
+    with (
+        folder.written_prefect_file(document)
+        if options.suppliers
+        else nullcontext(options.prefect_file) as prefect_file
+    ):
+        registering = replace(options, prefect_file=prefect_file)
+        report.deployments = register_deployments(api_url, registering, names, environ)
+        if options.suppliers:
+            for supplier in found:
+                mine = [n for n in names if n.startswith(f"{supplier.tenant}-")]
+                shown = ", ".join(f"{FLOW_NAME}/{n}" for n in mine)
+                report.note("supplier", supplier.tenant, f"{shown} ({supplier.path.name})")
+        else:
+            for name in names:
+                report.note("deployment", f"{FLOW_NAME}/{name}", f"registered from {prefect_file}")
+        set_up_automations(api_url, registering, report)
     return report
 
 

@@ -217,59 +217,6 @@ def written_prefect_file(document: dict[str, Any]) -> Iterator[Path]:
         yield path
 
 
-def set_up_suppliers(
-    api_url: str, options: Any, say: Say = print, environ: Mapping[str, str] | None = None
-) -> Any:
-    """`inventory-sync deploy --configs FOLDER`: every supplier's deployments, the pools, the
-    account limits, then the automations, as for one configuration; idempotent."""
-    from dataclasses import replace
-
-    from flows.server.setup import (
-        FLOW_NAME,
-        SetupError,
-        SetupReport,
-        ensure_work_pool,
-        find_notification_block,
-        heartbeat_seconds,
-        prefect_api,
-        register_deployments,
-        set_up_automations,
-    )
-
-    suppliers = read_suppliers(options.config_path)
-    document = deployments_for(
-        suppliers, options.prefect_file, options.timezone, options.worker_folder
-    )
-    report = SetupReport(heartbeat_seconds(document["deployments"]), say)
-    report.note("folder", str(options.config_path), f"{len(suppliers)} supplier(s)")
-    with prefect_api(api_url) as client:
-        if (problem := client.api_healthcheck()) is not None:
-            raise SetupError(f"the Prefect server at {api_url} does not answer: {problem}")
-        if options.notify:
-            find_notification_block(client, options.notify)
-        for pool, runs_images in sorted(work_pools(document).items()):
-            # Not one run at a time as for one supplier: each tenant's run lock and each
-            # deployment's own limit keep a supplier's runs apart; a worker's --limit bounds
-            # what one machine runs at once.
-            change = ensure_work_pool(
-                client, pool, options.pool_limit, creatable=not runs_images,
-                description="Runs inventory-sync flow runs of many suppliers as local processes.",
-            )  # fmt: skip
-            report.note("work pool", pool, change)
-        for name, change in ensure_account_limits(client, suppliers):
-            report.note("concurrency limit", name, change)
-    names = [str(d["name"]) for d in document["deployments"]]
-    with written_prefect_file(document) as generated:
-        generated_options = replace(options, prefect_file=generated)
-        report.deployments = register_deployments(api_url, generated_options, names, environ)
-        for supplier in suppliers:
-            mine = [n for n in names if n.startswith(f"{supplier.tenant}-")]
-            shown = ", ".join(f"{FLOW_NAME}/{n}" for n in mine)
-            report.note("supplier", supplier.tenant, f"{shown} ({supplier.path.name})")
-        set_up_automations(api_url, generated_options, report)
-    return report
-
-
 def work_pools(document: dict[str, Any]) -> dict[str, bool]:
     """The deployments' work pools, each with whether its runs are containers (an `image`)."""
     pools: dict[str, bool] = {}

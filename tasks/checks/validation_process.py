@@ -5,7 +5,7 @@ altair). In a thread it only takes turns with Prefect's import and the flow's po
 a run waited for it: 2-3 s of every 15-minute cycle and of every feed arrival's latency. A
 child process imports it on the second core instead, while this one imports Prefect and reads
 the feeds; `validate` then sends it the few hundred distinct combinations a suite must judge
-(tasks/checks/suites.py) and gets the outcomes back.
+(tasks/checks/gx.py) and gets the outcomes back.
 
 The child is a convenience, never a dependency: if it cannot start, dies or answers nonsense,
 the suite runs in this process instead (the same function, so the same verdicts) and a warning
@@ -212,9 +212,9 @@ def serve() -> None:
     """The child's loop: import GX, then answer (suite, spec, frame) requests until EOF."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     sys.meta_path.insert(0, LazyImports(LAZY_PACKAGES))
-    from tasks.checks import suites
+    from tasks.checks import gx
 
-    suites.import_great_expectations()
+    gx.import_great_expectations()
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything printed goes to the log, not into the protocol
     while True:
@@ -223,9 +223,9 @@ def serve() -> None:
         except EOFError:
             return
         try:
-            outcomes = suites.validate_here(frame, suite_name, spec)
+            outcomes = gx.validate_here(frame, suite_name, spec)
             answer: tuple[str, object] = ("outcomes", outcomes)
-        except suites.SuiteError as exc:
+        except gx.SuiteError as exc:
             answer = ("raised", exc)
         try:
             write_message(answers, answer)

@@ -24,7 +24,8 @@ from tasks.lightspeed.client import (
 )
 from tasks.lightspeed.contract import BACKORDER, TRACKED, FlagError, parse_flag
 from tasks.report.progress import current as current_progress
-from tasks.state import KeptCatalog, RefreshProgress, StateLocation, StateStore
+from tasks.state.location import StateLocation
+from tasks.state.store import KeptCatalog, RefreshProgress, StateStore
 from tasks.text_columns import is_duplicated, needs_trimming
 
 CATALOG_SCHEMA = {

@@ -44,7 +44,8 @@ from tasks.lightspeed.client import (
     shared_client,
 )
 from tasks.report.progress import current as current_progress
-from tasks.state import StateLocation, StateStore
+from tasks.state.location import StateLocation
+from tasks.state.store import StateStore
 
 PROGRESS_KEY = "load-progress"
 LOAD_STAGE = "load"  # its counts, for the CLI's progress display

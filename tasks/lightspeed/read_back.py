@@ -25,7 +25,8 @@ from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.client import LightspeedClient, LightspeedError
 from tasks.lightspeed.load import LoadOutcome
 from tasks.report.progress import current as current_progress
-from tasks.state import StateLocation, StateStore
+from tasks.state.location import StateLocation
+from tasks.state.store import StateStore
 
 DRIFT_SCHEMA = {"id": pl.String, "vendorSku": pl.String, "pushed": pl.Int64, "platform": pl.Int64}
 PLATFORM_SCHEMA = {"id": pl.String, "platform": pl.Int64}

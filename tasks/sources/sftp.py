@@ -57,6 +57,11 @@ class SftpWarehouse(RemoteWarehouse, CsvOptions):
             ) from None
         return value.strip()
 
+    def url_of(self, path: str) -> str:
+        """Where a remote file is, for messages and reports (never with a password)."""
+        where = path if path.startswith("/") else f"/~/{path}"
+        return f"sftp://{self.user}@{self.host}:{self.port}{where}"
+
     @model_validator(mode="after")
     def _verified_login(self) -> SftpWarehouse:
         if (self.known_hosts is None) == (self.host_key is None):
@@ -86,7 +91,7 @@ def read_sftp_feed(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -
 
     path, data, mtime = asyncio.run(sftp_session.download(warehouse, secrets))
     modified = datetime.fromtimestamp(mtime, tz=UTC)
-    feed = csv_feed(warehouse, remote_url(warehouse, path), data, modified)
+    feed = csv_feed(warehouse, warehouse.url_of(path), data, modified)
     return SftpFeed(**vars(feed), remote_path=path, remote_size=len(data), remote_mtime=mtime)
 
 
@@ -104,12 +109,6 @@ def probe_sftp(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> Fi
     from tasks.sources import sftp_session
 
     return asyncio.run(sftp_session.probe(warehouse, secrets))
-
-
-def remote_url(warehouse: SftpWarehouse, path: str) -> str:
-    """Where a remote file is, for messages and reports (never with a password)."""
-    where = path if path.startswith("/") else f"/~/{path}"
-    return f"sftp://{warehouse.user}@{warehouse.host}:{warehouse.port}{where}"
 
 
 def archive_after_success(

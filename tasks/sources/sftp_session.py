@@ -11,19 +11,21 @@ import stat
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 from pydantic import SecretStr
 
 from tasks.sources.feed import Fingerprint, WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.sftp import SftpFeed, SftpWarehouse, remote_url
+
+if TYPE_CHECKING:  # the settings module imports this one when a warehouse is read
+    from tasks.sources.sftp import SftpFeed, SftpWarehouse
 
 
 async def probe(warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr]) -> Fingerprint:
     async with _session(warehouse, secrets) as sftp:
         newest = await _newest(warehouse, sftp)
-    url = remote_url(warehouse, str(newest.filename))
+    url = warehouse.url_of(str(newest.filename))
     return Fingerprint(url, f"{newest.attrs.size}:{newest.attrs.mtime}")
 
 
@@ -39,12 +41,12 @@ async def download(
             after = await sftp.stat(path)
         except asyncssh.SFTPError as exc:
             raise WarehouseUnreadable(
-                warehouse.name, f"{remote_url(warehouse, path)}: cannot read: {exc.reason}"
+                warehouse.name, f"{warehouse.url_of(path)}: cannot read: {exc.reason}"
             ) from None
     if (after.size, after.mtime) != (attrs.size, attrs.mtime) or len(data) != after.size:
         raise WarehouseUnavailable(
             warehouse.name,
-            f"{remote_url(warehouse, path)} changed while it was read (still being uploaded?)",
+            f"{warehouse.url_of(path)} changed while it was read (still being uploaded?)",
         )
     return path, data, int(after.mtime or 0)
 
@@ -56,12 +58,12 @@ async def _newest(warehouse: SftpWarehouse, sftp: asyncssh.SFTPClient) -> asyncs
         names = []
     except asyncssh.SFTPError as exc:
         raise WarehouseUnreadable(
-            warehouse.name, f"{remote_url(warehouse, warehouse.path)}: cannot list: {exc.reason}"
+            warehouse.name, f"{warehouse.url_of(warehouse.path)}: cannot list: {exc.reason}"
         ) from None
     files = [n for n in names if n.attrs.permissions is None or stat.S_ISREG(n.attrs.permissions)]
     if not files:
         raise WarehouseUnreadable(
-            warehouse.name, f"no remote file matches {remote_url(warehouse, warehouse.path)}"
+            warehouse.name, f"no remote file matches {warehouse.url_of(warehouse.path)}"
         )
     return max(files, key=lambda n: (n.attrs.mtime or 0, str(n.filename)))
 
@@ -70,7 +72,7 @@ async def archive(
     warehouse: SftpWarehouse, secrets: Mapping[str, SecretStr], feed: SftpFeed
 ) -> str:
     folder = str(warehouse.archive_dir)
-    url = remote_url(warehouse, feed.remote_path)
+    url = warehouse.url_of(feed.remote_path)
     async with _session(warehouse, secrets) as sftp:
         try:
             now = await sftp.stat(feed.remote_path)
