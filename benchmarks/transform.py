@@ -58,6 +58,7 @@ def run_pipeline(dataset: data.Dataset, payload_out: Path | None = None) -> dict
     from tasks.checks.payload import check_payload
     from tasks.checks.rows import check_rows
     from tasks.lightspeed.catalog import catalog_from_csv
+    from tasks.lightspeed.contract import MAX_QUANTITY
     from tasks.reconcile import reconcile_checked
     from tasks.sources.csv import read_csv_feed
 
@@ -91,7 +92,7 @@ def run_pipeline(dataset: data.Dataset, payload_out: Path | None = None) -> dict
     peak("check rows (polars + GX)")
     mark = time.perf_counter()
     safety = {w.name: w.safety_stock for w in settings}
-    plan = reconcile_checked(checked, catalog, safety, "zero")
+    plan = reconcile_checked(checked, catalog, safety, "zero", MAX_QUANTITY)
     payload = plan.payload
     seconds["reconcile"] = time.perf_counter() - mark
     peak("reconcile")
@@ -199,9 +200,9 @@ class TransformResult:
 
 
 def _pipeline_child(dataset: data.Dataset, payload: Path) -> tuple[Measured, dict[str, Any]]:
-    from tasks.allocator import JEMALLOC_CONF, JEMALLOC_ENV
+    from flows.allocator import JEMALLOC_CONF, JEMALLOC_ENV
 
-    # A run's process sets jemalloc's variable before polars loads (tasks/allocator.py); this
+    # A run's process sets jemalloc's variable before polars loads (flows/allocator.py); this
     # child imports polars with the data set first, so it is given it from the start.
     child = run_measured(
         python_module(

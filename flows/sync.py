@@ -30,6 +30,7 @@ from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
 from tasks.lightspeed.account_limit import ensure_account_limit
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.client import retry_policy
+from tasks.lightspeed.contract import MAX_QUANTITY
 from tasks.lightspeed.load import chunk_size_for, load
 from tasks.lightspeed.read_back import audited_share, read_back
 from tasks.reconcile import reconcile_task
@@ -110,7 +111,9 @@ def inventory_sync(
         catalog = catalog_read.frame
 
         checked = check_rows_task(extracted.feeds, catalog)
-        plan = reconcile_task(checked, catalog, settings.warehouses, settings.catalog.absent)
+        plan = reconcile_task(
+            checked, catalog, settings.warehouses, settings.catalog.absent, MAX_QUANTITY
+        )
         check_payload_task(plan.payload, catalog)
         changes = plan_changes(plan.payload, store.last_pushed(), catalog, full)
         guard = measure_change_guard(changes.all, settings.guards)

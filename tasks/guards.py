@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 from prefect import get_run_logger
@@ -21,7 +22,9 @@ from tasks.errors import SyncError
 from tasks.sources.extract import Extracted
 from tasks.sources.feed import Feed
 from tasks.sources.warehouse import WarehouseBase
-from tasks.state import FeedMark, StateStore
+
+if TYPE_CHECKING:  # the store is passed in: the rules never open it
+    from tasks.state.store import FeedMark, StateStore
 
 EVENT_FEED_STALE = "inventory-sync.feed.stale"
 
@@ -32,12 +35,6 @@ class StaleFeeds(SyncError):
 
 class ChangesNotApproved(SyncError):
     """The change guard tripped and nobody approved the run (rejected, timed out, or no server)."""
-
-
-@dataclass(frozen=True)
-class Staleness:
-    warehouse: str
-    reason: str
 
 
 def stale_reason(

@@ -12,7 +12,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.checks.rows import CATALOG_ROW, CheckedRows
-from tasks.lightspeed.contract import MAX_QUANTITY
 from tasks.sources.warehouse import WarehouseBase
 from tasks.text_columns import is_duplicated
 
@@ -21,7 +20,7 @@ HELD_AMBIGUOUS = "held: vendorSku on several catalog products"
 NOT_TRACKED = "not tracked"
 HELD_NO_SKU = "held: no vendorSku in the catalog"
 HELD_BAD_ROWS = "held: a warehouse row had an unusable quantity"
-HELD_TOO_LARGE = "held: total above 2147483647"
+HELD_TOO_LARGE = "held: total above the largest quantity the platform holds"
 PUSHED = "set from the warehouses"
 ZEROED_ABSENT = "set to 0: in no warehouse"
 KEPT_ABSENT = "left alone: in no warehouse"
@@ -75,28 +74,6 @@ def planned_rows(frame: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series | None
     return (catalog["id"].gather(rows.set(~found, 0)) == frame["id"]) & found
 
 
-def sum_bins(rows: pl.DataFrame) -> pl.DataFrame:
-    """One row per warehouse (an Enum, as check_rows gives it) and SKU: its rows (bins) summed."""
-    names = rows["warehouse"].cast(pl.String).unique().drop_nulls().sort()
-    return (
-        rows.lazy()
-        .group_by(pl.col("warehouse").cast(pl.String).cast(pl.Enum(names)), "sku")
-        .agg(pl.col("quantity").sum())
-        .collect(engine="streaming")  # half the eager engine's time on 9M rows, 2 cores
-    )
-
-
-def available_by_sku(on_hand: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
-    """Per warehouse (an Enum) and SKU, bins already summed: hold back safety stock, add up."""
-    return (
-        on_hand.lazy()
-        .select("sku", _after_safety_stock(safety_stock, _enum(on_hand.schema["warehouse"])))
-        .group_by("sku")
-        .agg(pl.col("available").sum())
-        .collect(engine="streaming")
-    )
-
-
 def available_by_row(
     stock: pl.LazyFrame, safety_stock: Mapping[str, int], catalog: pl.DataFrame
 ) -> pl.Series:
@@ -133,13 +110,8 @@ def _after_safety_stock(safety_stock: Mapping[str, int], warehouse: pl.Enum) -> 
 
 
 def _enum(dtype: pl.DataType) -> pl.Enum:
-    assert isinstance(dtype, pl.Enum), "check_rows and sum_bins give the warehouse as an Enum"
+    assert isinstance(dtype, pl.Enum), "check_rows gives the warehouse as an Enum"
     return dtype
-
-
-def stock_by_sku(good_rows: pl.DataFrame, safety_stock: Mapping[str, int]) -> pl.DataFrame:
-    """Sum bins per warehouse, hold back safety stock (floor 0), then sum warehouses per SKU."""
-    return available_by_sku(sum_bins(good_rows), safety_stock)
 
 
 def plan_updates(
@@ -147,10 +119,12 @@ def plan_updates(
     held_skus: pl.Series,
     catalog: pl.DataFrame,
     absent: Literal["zero", "keep"],
+    max_quantity: int,
 ) -> Plan:
     """Decide, per catalog product, what to send and why.
 
-    `available` is, per catalog row, its SKU's stock after safety stock (null: in no warehouse).
+    `available` is, per catalog row, its SKU's stock after safety stock (null: in no warehouse);
+    a total above `max_quantity`, the largest the platform holds, is held.
     """
     sku = pl.col("vendorSku")
     ambiguous = sku.is_not_null() & pl.col("repeated")
@@ -167,7 +141,7 @@ def plan_updates(
             .then(pl.lit(HELD_NO_SKU, STATUS))
             .when(sku.is_in(held_skus.implode()))
             .then(pl.lit(HELD_BAD_ROWS, STATUS))
-            .when(listed & (pl.col("available") > MAX_QUANTITY))
+            .when(listed & (pl.col("available") > max_quantity))
             .then(pl.lit(HELD_TOO_LARGE, STATUS))
             .when(listed)
             .then(pl.lit(PUSHED, STATUS))
@@ -189,37 +163,20 @@ def plan_updates(
     return Plan(products)
 
 
-def with_catalog_rows(on_hand: pl.DataFrame, catalog: pl.DataFrame) -> pl.LazyFrame:
-    """on_hand with the catalog_row of each product carrying its SKU (null: none does)."""
-    rows = catalog.lazy().select("vendorSku").with_row_index(CATALOG_ROW)
-    return on_hand.lazy().join(rows, left_on="sku", right_on="vendorSku", how="left")
-
-
-def reconcile(
-    good_rows: pl.DataFrame,
-    held_skus: pl.Series,
-    catalog: pl.DataFrame,
-    safety_stock: Mapping[str, int],
-    absent: Literal["zero", "keep"],
-) -> Plan:
-    """All the rules: rows that count → stock per SKU → a decision per catalog product."""
-    stock = with_catalog_rows(sum_bins(good_rows), catalog)
-    available = available_by_row(stock, safety_stock, catalog)
-    return plan_updates(available, held_skus, catalog, absent)
-
-
 def reconcile_checked(
     checked: CheckedRows,
     catalog: pl.DataFrame,
     safety_stock: Mapping[str, int],
     absent: Literal["zero", "keep"],
+    max_quantity: int,
 ) -> Plan:
-    """The same rules over checked rows: bins summed per warehouse and SKU, catalog rows found.
+    """All the rules over checked rows: safety stock held back, warehouses added, a decision
+    per catalog product.
 
     `catalog` must be the one check_rows was given: the stock names its rows.
     """
     available = available_by_row(checked.stock, safety_stock, catalog)
-    return plan_updates(available, checked.held_skus, catalog, absent)
+    return plan_updates(available, checked.held_skus, catalog, absent, max_quantity)
 
 
 @task(name="reconcile", cache_policy=NO_CACHE)
@@ -228,10 +185,11 @@ def reconcile_task(
     catalog: pl.DataFrame,
     warehouses: Sequence[WarehouseBase],
     absent: Literal["zero", "keep"],
+    max_quantity: int,
 ) -> Plan:
     """Apply the rules and log how many products land in each outcome."""
     safety_stock = {w.name: w.safety_stock for w in warehouses}
-    plan = reconcile_checked(checked, catalog, safety_stock, absent)
+    plan = reconcile_checked(checked, catalog, safety_stock, absent, max_quantity)
     logger = get_run_logger()
     for status, count in plan.counts().items():
         if count:

@@ -57,14 +57,6 @@ def sqlite_write_lock(location: StateLocation) -> threading.RLock:
         return _write_locks.setdefault(location.url, threading.RLock())
 
 
-def dispose_engines() -> None:
-    """Close every pooled connection (tests, and a process about to fork)."""
-    with _lock:
-        for engine, _marker in _engines.values():
-            engine.dispose()
-        _engines.clear()
-
-
 def _create(location: StateLocation) -> Engine:
     if location.dialect == POSTGRESQL:
         return create_engine(
