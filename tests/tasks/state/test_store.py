@@ -196,7 +196,7 @@ HOLD_LOCK = textwrap.dedent(
 
 
 def test_another_process_holding_the_lock_is_named_and_its_death_releases_it(tmp_path: Path):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     with subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
         stdin=subprocess.PIPE,

@@ -567,7 +567,7 @@ def test_serve_prints_one_line_without_the_token_and_stops_on_sigterm(tmp_path: 
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert process.stdout is not None
@@ -1173,7 +1173,7 @@ def test_serve_can_rate_limit_with_a_bucket(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert process.stdout is not None

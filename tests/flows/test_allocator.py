@@ -14,7 +14,7 @@ from flows.allocator import JEMALLOC_CONF, JEMALLOC_ENV
 
 pytestmark = pytest.mark.fast
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, os, sys
 {before}

@@ -113,7 +113,7 @@ def test_every_invalid_file_is_named_at_once(tmp_path):
         read_suppliers(tmp_path / "empty")
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 IN_IMAGE = Path("/etc/inventory-sync/suppliers")
 
 

@@ -26,7 +26,7 @@ from tasks.checks.validation_process import ProcessGone, ValidationProcess
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODULE = "tasks.checks.validation_process"
 
 

@@ -1,7 +1,7 @@
 """`inventory-sync watch` as its own process against a real Prefect server: polls, events, signals.
 
 No worker here: the events themselves are what is checked (the runs they start are in
-tests/test_feed_arrivals.py).
+tests/e2e/test_feed_arrivals.py).
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def write_folder(root: Path, sandboxes: dict[str, SandboxServer], state_url: str
 def paused_template(root: Path) -> Path:
     """deployments/prefect.yaml with its schedules off: no run starts that the test did not ask.
 
-    Without its arrival deployment too: no watcher runs here, and tests/test_suppliers.py checks
+    Without its arrival deployment too: no watcher runs here, and tests/flows/server/test_suppliers.py checks
     that each supplier gets one, its trigger matching that supplier's configuration.
     """
     document = yaml.safe_load(TEMPLATE_FILE.read_text())

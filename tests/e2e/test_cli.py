@@ -116,7 +116,7 @@ def test_demo_is_what_make_run_does(tmp_path, prefect_api):
 
     demo = tmp_path / "demo"
     demo.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "demo" / "inventory-sync.toml", demo)
+    shutil.copy(Path(__file__).parents[2] / "demo" / "inventory-sync.toml", demo)
     result = cli(
         "demo", "--dir", str(demo), api=prefect_api, cwd=tmp_path, token="a-real-token",
         program=DEV_CLI,
