@@ -47,7 +47,7 @@ def bare_loop(url: str, token: str, requests: list[Any], concurrency: int) -> No
     """PUT each request with a plain httpx client and a thread pool: the cost of the HTTP alone."""
     import httpx
 
-    from tasks.lightspeed.load import chunk_body
+    from tasks.lightspeed.chunks import chunk_body
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -113,7 +113,8 @@ def run_trials(
     from pydantic import SecretStr
 
     from tasks.config.settings import LightspeedSettings
-    from tasks.lightspeed.load import chunk_size_for, load, split_into_chunks
+    from tasks.lightspeed.chunks import chunk_size_for, split_into_chunks
+    from tasks.lightspeed.load import load
     from tasks.state.location import StateLocation
     from tasks.state.store import StateStore
 

@@ -29,9 +29,10 @@ from tasks.errors import SyncError
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
 from tasks.lightspeed.account_limit import ensure_account_limit
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
+from tasks.lightspeed.chunks import chunk_size_for
 from tasks.lightspeed.client import retry_policy
 from tasks.lightspeed.contract import MAX_QUANTITY
-from tasks.lightspeed.load import chunk_size_for, load
+from tasks.lightspeed.load import load
 from tasks.lightspeed.read_back import audited_share, read_back
 from tasks.reconcile import reconcile_task
 from tasks.report.publish import emit_run_event, publish_artifacts, write_files

@@ -11,16 +11,12 @@ land.
 from __future__ import annotations
 
 import contextvars
-import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import cast
 from uuid import UUID
 
-import orjson
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -31,18 +27,22 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
 from tasks.config.settings import LightspeedSettings
+from tasks.lightspeed.chunks import (
+    chunk_label,
+    chunk_size_for,
+    plan_requests,
+    split_into_chunks,
+    unlanded,
+)
 from tasks.lightspeed.client import (
-    FatalError,
-    ItemsRejected,
-    LightspeedClient,
     LightspeedError,
     RetryableError,
-    TooLarge,
     Unauthorized,
     close_shared_clients,
     retry_policy,
     shared_client,
 )
+from tasks.lightspeed.put_requests import chunk_error, send_requests
 from tasks.report.progress import current as current_progress
 from tasks.state.location import StateLocation
 from tasks.state.store import StateStore
@@ -53,12 +53,6 @@ LOAD_STAGE = "load"  # its counts, for the CLI's progress display
 # ~0.1 s of this process's CPU under load), so the bar moves at most every 5 s, and at the end,
 # from a thread of its own (ProgressArtifact).
 PROGRESS_EVERY_SECONDS = 5.0
-# A task run costs ~5-10 ms of client CPU and ~40 ms of a local Prefect server's, on the cores
-# the sync runs on; the default chunk keeps a run to at most this many, whatever its size. A
-# full sync of 1M products at request_size 250 took 7.0 s with 50 and 7.9-9.0 s with 100
-# (against 3.5-4.1 s for a bare httpx loop); a chunk of 80 requests retries only the ones that
-# did not land, so bigger chunks cost a retry nothing.
-MAX_TASK_RUNS = 50
 # Chunk task runs in flight: while one starts or finishes (Prefect's bookkeeping), the other
 # sends. Requests in flight are max_concurrency across both (the client's slots).
 CHUNKS_IN_FLIGHT = 2
@@ -126,216 +120,6 @@ class LoadOutcome:
     @property
     def attempts(self) -> int:
         return sum(c.attempts for c in self.accepted) + sum(f.attempts for f in self.failed)
-
-
-def chunk_size_for(products: int, settings: LightspeedSettings) -> int:
-    """Products per chunk: lightspeed.chunk_size if set, else whole requests, ≤ MAX_TASK_RUNS chunks.
-
-    At least max_concurrency requests each, so that one chunk can fill the request slots: a
-    2 % cycle of 20,000 products is 10 task runs of 4 PUTs, not 40 of one, which left half the
-    slots idle (two chunks in flight) and paid Prefect's ~50 ms per task run 40 times.
-    """
-    if settings.chunk_size is not None:
-        return settings.chunk_size
-    requests = math.ceil(products / settings.request_size)
-    per_chunk = max(1, settings.max_concurrency, math.ceil(requests / MAX_TASK_RUNS))
-    return settings.request_size * per_chunk
-
-
-def split_into_chunks(payload: pl.DataFrame, size: int) -> list[pl.DataFrame]:
-    """Consecutive slices of at most `size` products (zero-copy)."""
-    return [payload.slice(start, size) for start in range(0, payload.height, size)]
-
-
-def plan_requests(chunk: pl.DataFrame, request_size: int) -> list[pl.DataFrame]:
-    """The PUTs a chunk is sent in: consecutive slices of at most request_size products."""
-    return split_into_chunks(chunk, request_size)
-
-
-def unlanded(requests: Sequence[pl.DataFrame], landed: set[str]) -> dict[int, pl.DataFrame]:
-    """Request number (from 1) → its products not yet landed, for the requests with any left."""
-    if not landed:
-        return dict(enumerate(requests, start=1))
-    done = pl.Series(list(landed), dtype=pl.String).implode()
-    left = {n: r.filter(~pl.col("id").is_in(done)) for n, r in enumerate(requests, start=1)}
-    return {n: r for n, r in left.items() if r.height}
-
-
-def sku_range(products: pl.DataFrame) -> str:
-    """`SKU-A…SKU-K (500 products)`: what a chunk or request covers, for names and logs."""
-    first, last = products["vendorSku"][0], products["vendorSku"][-1]
-    return f"{first}…{last} ({products.height} products)"
-
-
-def chunk_label(number: int, total: int, chunk: pl.DataFrame) -> str:
-    """What a user sees as the task run's name: position, SKU range and size."""
-    return f"{number}/{total} {sku_range(chunk)}"
-
-
-def chunk_body(chunk: pl.DataFrame) -> bytes:
-    """The PUT body: {"products": [{"id": ..., "quantity": ...}, ...]}.
-
-    orjson over the two columns as lists: 66 µs for 250 products, where polars' write_json
-    took 270 µs (and more with a load's request threads sharing polars' pool).
-    """
-    ids, quantities = chunk["id"].to_list(), chunk["quantity"].to_list()
-    products = [{"id": i, "quantity": q} for i, q in zip(ids, quantities, strict=True)]
-    return orjson.dumps({"products": products})
-
-
-@dataclass(frozen=True)
-class RequestOutcome:
-    """What became of one request of a chunk in one attempt."""
-
-    number: int
-    products: pl.DataFrame  # what it was to send
-    accepted: int = 0
-    rejected: dict[str, str] = field(default_factory=dict)
-    calls: int = 0  # HTTP calls it took (a 413 or an unexplained 422 splits it)
-    error: LightspeedError | None = None  # why (the rest of) it did not land
-    sent: bool = True  # False: not started, an earlier request stopped the chunk
-
-    def line(self, total: int) -> str:
-        """One log line: `request 3/20 SKU-A…SKU-K (250 products): 250 accepted in 1 call`."""
-        head = f"request {self.number}/{total} {sku_range(self.products)}"
-        if not self.sent:
-            return f"{head}: not sent, {self.error}"
-        done = f"{self.accepted} accepted in {self.calls} call(s)"
-        if self.rejected:
-            done += f", {len(self.rejected)} rejected"
-        return f"{head}: {done}" + (f"; the rest did not land: {self.error}" if self.error else "")
-
-
-def send_isolating(
-    client: LightspeedClient,
-    number: int,
-    products: pl.DataFrame,
-    on_accepted: Callable[[pl.DataFrame], None],
-) -> RequestOutcome:
-    """PUT one request so that one bad item never blocks the rest.
-
-    413: split in halves and send each (and, for the rest of the run, split anything as big
-    before sending it). 422: drop the ids the response names and resend the rest; when it
-    names none, split until the bad items stand alone. If such unexplained 422s end up
-    refusing every product, the problem is not an item: it fails. Any other error ends the
-    request, with what landed before it counted.
-    """
-    pending, accepted, calls, unexplained = [products], 0, 0, 0
-    rejected: dict[str, str] = {}
-
-    def outcome(error: LightspeedError | None = None) -> RequestOutcome:
-        return RequestOutcome(number, products, accepted, rejected, calls, error)
-
-    while pending:
-        part = pending.pop()
-        if part.height == 0:
-            continue
-        if part.height > 1 and not client.may_put(part.height):
-            pending += _halves(part)
-            continue
-        calls += 1
-        try:
-            client.put_inventory(chunk_body(part))
-        except ItemsRejected as exc:
-            ids = set(part["id"])
-            named = {pid: why for pid, why in exc.rejected.items() if pid in ids}
-            if named:
-                rejected |= named
-                pending.append(part.filter(~pl.col("id").is_in(list(named))))
-            elif part.height > 1:
-                pending += _halves(part)
-            else:
-                rejected[part["id"][0]] = str(exc)
-                unexplained += 1
-            continue
-        except TooLarge as exc:
-            client.refused_put(part.height)
-            if part.height == 1:
-                return outcome(exc)
-            pending += _halves(part)
-            continue
-        except LightspeedError as exc:
-            return outcome(exc)
-        on_accepted(part)
-        accepted += part.height
-    if accepted == 0 and unexplained == products.height > 1:
-        return outcome(
-            FatalError(
-                f"PUT /inventory: HTTP 422 for every one of the request's {products.height} "
-                f"products, without naming any: not an item problem "
-                f"(last: {next(iter(rejected.values()))})",
-                status=422,
-            )
-        )
-    return outcome()
-
-
-def _halves(part: pl.DataFrame) -> list[pl.DataFrame]:
-    """The two halves of a part, the first half last, so that it is sent first."""
-    half = part.height // 2
-    return [part.slice(half), part.slice(0, half)]
-
-
-def stops_chunk(error: LightspeedError | None) -> bool:
-    """Whether a request's error means the chunk's other requests should not start now."""
-    return isinstance(error, Unauthorized) or bool(error is not None and error.retry_after)
-
-
-def send_requests(
-    client: LightspeedClient,
-    requests: dict[int, pl.DataFrame],
-    concurrency: int,
-    on_accepted: Callable[[pl.DataFrame], None],
-) -> list[RequestOutcome]:
-    """Send a chunk's requests, `concurrency` at a time, in order of their numbers.
-
-    After a 401/403 or a Retry-After, the requests not yet started are not sent (they are
-    reported as such): the token is wrong for all of them, or the API asked us to wait.
-    """
-    queue = sorted(requests.items(), reverse=True)
-    outcomes: list[RequestOutcome] = []
-    stop: LightspeedError | None = None
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(queue)))) as pool:
-        running: set[Future[RequestOutcome]] = set()
-        while queue or running:
-            while queue and stop is None and len(running) < concurrency:
-                number, products = queue.pop()
-                running.add(pool.submit(send_isolating, client, number, products, on_accepted))
-            if not running:
-                break
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                outcome = future.result()
-                outcomes.append(outcome)
-                if stop is None and stops_chunk(outcome.error):
-                    stop = outcome.error
-    outcomes += [RequestOutcome(n, p, error=stop, sent=False) for n, p in reversed(queue)]
-    return sorted(outcomes, key=lambda o: o.number)
-
-
-def chunk_error(outcomes: Sequence[RequestOutcome]) -> LightspeedError | None:
-    """The error the chunk's attempt fails with, if any request did not land.
-
-    401/403 first (it stops the load), then a transient error (a retry can land the rest),
-    then any other. With several requests down, the message says how many.
-    """
-    errors = [o.error for o in outcomes if o.error is not None]
-    if not errors:
-        return None
-    chosen = next(
-        (e for kind in (Unauthorized, RetryableError, LightspeedError) for e in errors
-         if isinstance(e, kind)),
-        errors[0],
-    )  # fmt: skip
-    down = sum(1 for o in outcomes if o.error is not None)
-    if down == 1:
-        return chosen
-    waits = [e.retry_after for e in errors if e.retry_after]
-    return type(chosen)(
-        f"{down} of {len(outcomes)} request(s) did not land; {chosen}",
-        status=chosen.status,
-        retry_after=max(waits) if waits else None,
-    )
 
 
 @task(name="put-chunk", task_run_name="chunk {label}", cache_policy=NO_CACHE)
