@@ -15,6 +15,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@printf '#!/bin/sh\n# dev tooling from this checkout (not in the wheel)\nPYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(CURDIR)/$(BIN)/python" -m devstack "$$@"\n' > $(BIN)/inventory-sync-dev
+	@chmod +x $(BIN)/inventory-sync-dev
 	@touch $@
 
 ## run: Prefect server and UI on 127.0.0.1:4200 (PORT=... to move it), the sandbox API, the

@@ -8,7 +8,7 @@ bytes). The raw sqlite3 arms are the code of the single-tenant version: before i
 connection per commit, synchronous=FULL, an Arrow blob per row) and after it (a connection
 kept per thread, synchronous=NORMAL, text and bytes). Then one fold of the log into the
 snapshot, for the number of commits made. Medians of wall and CPU time; the arms alternate, so a
-busy neighbour slows them alike. Without --postgres a throwaway server is started (tests/postgres.py).
+busy neighbour slows them alike. Without --postgres a throwaway server is started (tests/support/postgres.py).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         url = args.postgres
         if url is None:
-            sys.path.insert(0, str(ROOT / "tests"))
+            sys.path.insert(0, str(ROOT / "tests" / "support"))
             from postgres import PostgresServer  # type: ignore[import-not-found]
 
             server = PostgresServer().start()

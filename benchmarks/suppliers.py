@@ -4,7 +4,7 @@ Usage: python -m benchmarks.suppliers [--suppliers 50] [--products 10000] [--wor
 
 Each supplier has its own sandbox account (its own API on loopback, token and catalog) and its
 configuration in one folder, all keeping state in one PostgreSQL database (a throwaway server,
-tests/postgres.py) as tenants; `deploy --configs` registers them on a Prefect server (its own
+tests/support/postgres.py) as tenants; `deploy --configs` registers them on a Prefect server (its own
 process, on PostgreSQL too); two `process` workers run the flows, each at most --worker-limit
 at once. Every account has account_limit 4. Pass 1 is every supplier's first sync (catalog
 read, every product sent, read-back); pass 2 changes 2 % of each feed and runs every supplier
@@ -99,7 +99,7 @@ def write_feed(folder: Path, tenant: str, quantities: dict[str, int]) -> None:
 
 def measure(suppliers: int, products: int, worker_limit: int, root: Path) -> SuppliersResult:
     """Start everything, run the two passes, check every account, stop everything."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     from postgres import PostgresServer  # type: ignore[import-not-found]
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import SyncPrefectClient

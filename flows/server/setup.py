@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from importlib.resources import files
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -17,9 +18,11 @@ from uuid import UUID
 
 import yaml
 
+# The folder holding flows/ (a checkout, or site-packages): runs start there, so that the
+# deployments' entrypoint flows/sync.py resolves.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
-AUTOMATIONS_FILE = PROJECT_ROOT / "deployments" / "automations.yaml"
+PREFECT_FILE = Path(str(files("deployments") / "prefect.yaml"))
+AUTOMATIONS_FILE = Path(str(files("deployments") / "automations.yaml"))
 FLOW_NAME = "inventory-sync"
 POOL_CONCURRENCY = 1  # one sync at a time on the pool, whichever deployment it comes from
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"

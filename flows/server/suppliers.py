@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,7 @@ from tasks.config.errors import ConfigError
 from tasks.config.settings import account_name, load_settings
 from tasks.lightspeed.account_limit import limit_name
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+TEMPLATE_FILE = Path(str(files("deployments") / "prefect.yaml"))
 CONFIG_PARAMETER = "{{ $INVENTORY_SYNC_CONFIG }}"
 TIMEZONE_PARAMETER = "{{ $INVENTORY_SYNC_TIMEZONE }}"
 _EVERY_N_MINUTES = re.compile(r"^\*/(\d+)(\s.*)$")

@@ -7,12 +7,13 @@ import logging
 import os
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
+SUITES_DIR = Path(str(files("expectations")))  # package data, in a wheel as in a checkout
 ROW_ID = "row_id"
 
 

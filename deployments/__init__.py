@@ -1,0 +1,1 @@
+"""What Prefect needs to schedule and run the sync: deployments, automations, images (data)."""

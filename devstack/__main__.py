@@ -1,0 +1,5 @@
+"""`python -m devstack`, which `inventory-sync-dev` runs from a checkout."""
+
+from devstack.cli import app
+
+app()

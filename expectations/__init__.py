@@ -1,0 +1,1 @@
+"""The Great Expectations suites, as JSON data: loaded by tasks/checks/gx.py."""
