@@ -109,7 +109,10 @@ changed, and on the first run. See [design.md](design.md#catalog-life-cycle).
     "warehouses": """\
 One `[[warehouses]]` table per warehouse, at least one; a run reads them all at once, one
 Prefect task each, in any mix of kinds. Every kind gives the same thing: a SKU and a quantity
-per row, as text, so the rules judge every source alike. These keys are common to every kind;
+per row, as text, so the rules judge every source alike. A warehouse that cannot be read fails
+the run before anything is sent, and the message names the warehouse and what to fix. For
+`http` and `sql` warehouses the feed's time (for `max_age`) is when it was read, unless
+`timestamp_column` names a column (http: a dotted path). These keys are common to every kind;
 each kind's own keys follow.
 """,
     "report": """\
