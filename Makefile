@@ -52,6 +52,10 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m devstack.config_docs
 
+## readme-sample: rewrite README.md's sample run from a real `make demo` (a test checks it)
+readme-sample: $(STAMP)
+	$(BIN)/python -m devstack.readme_sample
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
