@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 from tasks.config.secrets import TOKEN_ENV, SecretRef
 from tasks.config.settings import BASE_URL_ENV, Settings
 from tasks.sources import registry
-from tasks.sources.warehouse import CsvOptions, RemoteWarehouse, WarehouseBase
+from tasks.sources.warehouse import WarehouseBase
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 HEADER = (
@@ -305,15 +305,21 @@ def render() -> str:
 
 def _kinds() -> list[str]:
     lines = ["", REMOTE]
-    shared = [CsvOptions.model_fields, RemoteWarehouse.model_fields]
     for name, model in _kind_models().items():
         lines += [f'### `kind = "{name}"`', "", KINDS.get(name, "")]
-        own = [key for key in model.model_fields if key not in WarehouseBase.model_fields]
-        # the kind's own keys first, then those it shares with other kinds (CSV, remote)
-        own.sort(key=lambda key: next((i for i, g in enumerate(shared, 1) if key in g), 0))
-        lines += _table(model, "", only=own)
+        lines += _table(model, "", only=_own_keys(model))
         lines.append("")
     return lines
+
+
+def _own_keys(model: type[BaseModel]) -> list[str]:
+    """A kind's keys beyond the common ones: its class's own first, then its bases' in MRO order."""
+    keys: list[str] = []
+    for cls in model.__mro__:
+        for key in vars(cls).get("__annotations__", {}):
+            if key in model.model_fields and key not in WarehouseBase.model_fields:
+                keys += [] if key in keys else [key]
+    return keys
 
 
 def _kind_models() -> dict[str, type[BaseModel]]:
