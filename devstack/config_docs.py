@@ -261,7 +261,9 @@ the database's message.
 REMOTE = """\
 `sftp`, `http` and `sql` warehouses are retried when the failure may pass (a dropped or refused
 connection, a timeout, HTTP 429/5xx, a busy or restarting database): `retries` times, the first
-after `retry_backoff_seconds`, doubling, with jitter. A wrong password, an unknown host key, a
+after `retry_backoff_seconds`, doubling, with jitter. An `sftp` or `sql` retry reads the whole
+feed again and shows as another attempt of the warehouse's task in the UI; an `http` warehouse
+retries each page on its own, so one bad page costs one request. A wrong password, an unknown host key, a
 missing file, an HTTP 4xx or a SQL error fails at once. Files (`csv`, `parquet`) are read once.
 `inventory-sync watch` polls `sftp` and `http` warehouses every `poll_interval`; `sql`
 warehouses are not watched.
