@@ -82,7 +82,7 @@ SOUTH_DB_URL_ENV = "DEMO_SOUTH_DB_URL"  # named by demo/inventory-sync.toml
 
 
 def expected_quantities(catalog: list[dict[str, Any]]) -> dict[str, int]:
-    """The rules of the README, in plain Python, as an independent check of the pipeline."""
+    """The rules of docs/design.md, in plain Python, as an independent check of the pipeline."""
     skus = defaultdict(list)
     for p in catalog:
         skus[p["vendorSku"]].append(p)

@@ -38,28 +38,47 @@ BASE_URL_ENV = "LIGHTSPEED_BASE_URL"
 
 
 class LightspeedSettings(Section):
-    base_url: str = Field(description="API root, e.g. https://lsapi-product.lightspeedapp.com")
+    base_url: str = Field(
+        description="API root, e.g. https://lsapi-product.lightspeedapp.com; "
+        "$LIGHTSPEED_BASE_URL overrides it"
+    )
     token_secret: str | None = Field(
         None, description="Prefect Secret block holding the token; else $LIGHTSPEED_TOKEN"
     )
     request_size: int = Field(
-        500, ge=1, le=100_000, description="products per PUT /inventory (a 413 halves it)"
+        500,
+        ge=1,
+        le=100_000,
+        description="products per PUT /inventory, the platform's cap; a 413 halves a request "
+        "until it fits, and the run then splits anything as big before sending it",
     )
     chunk_size: int | None = Field(
         None,
         ge=1,
         le=100_000,
-        description="products per chunk, one task run each; default: a run makes at most 50 chunks",
+        description="products per chunk: one Prefect task run, retried as a whole. Default: "
+        "whole requests, at least max_concurrency of them, and at most 50 chunks a run; "
+        "--chunk-size and the flow parameter chunk_size override it",
     )
-    max_concurrency: int = Field(4, ge=1, le=64, description="PUT requests in flight at once")
+    max_concurrency: int = Field(
+        4, ge=1, le=64, description="PUT requests in flight at once, over the whole run"
+    )
     per_page: int = Field(250, ge=1, le=10_000, description="products per catalog page")
-    timeout_seconds: float = Field(30.0, gt=0, description="per HTTP request")
-    retries: int = Field(5, ge=0, le=20, description="retries of a chunk on a transient error")
+    timeout_seconds: float = Field(30.0, gt=0, description="timeout of each HTTP request")
+    retries: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="retries of a chunk (a Prefect task retry) after a transient error; "
+        "a retry sends only the requests that did not land",
+    )
     retry_backoff_seconds: float = Field(
         2.0, ge=0, description="first retry delay; doubles on each further retry, with jitter"
     )
     max_retry_after_seconds: float = Field(
-        120.0, ge=0, description="longest Retry-After honoured before failing the attempt"
+        120.0,
+        ge=0,
+        description="longest Retry-After waited out (chunks and GETs) before failing the attempt",
     )
     read_retries: int = Field(
         5, ge=0, le=50, description="retries of one GET (a catalog or read-back page)"
@@ -87,17 +106,25 @@ class LightspeedSettings(Section):
 
 
 class CatalogSettings(Section):
-    source: Literal["api", "file"] = "api"
-    path: str | None = Field(None, description="CSV: vendorSku,id,isInventoryTrackingEnabled,...")
+    source: Literal["api", "file"] = Field(
+        "api", description="api: GET /products, kept between runs; file: the CSV at path"
+    )
+    path: str | None = Field(
+        None,
+        description="for source = file: the catalog CSV (vendorSku,id,"
+        "isInventoryTrackingEnabled,isBackorderingEnabled), relative to the config file",
+    )
     absent: Literal["zero", "keep"] = Field(
-        "zero", description="tracked products no warehouse lists: push 0, or leave alone"
+        "zero", description="a tracked product no warehouse lists: zero sends 0, keep leaves it"
     )
     max_age: Duration = Field(
-        timedelta(hours=24), description="a kept API catalog older than this is refreshed"
+        timedelta(hours=24),
+        description="a kept API catalog older than this is refreshed by the next run",
     )
     max_stale_age: Duration = Field(
         timedelta(hours=72),
-        description="if a refresh fails, a kept catalog up to this old is still used",
+        description="if a refresh fails, a kept catalog up to this old is still used (with a "
+        "note); older fails the run; at least max_age",
     )
 
     _resolve = field_validator("path")(relative_to_config)
@@ -113,9 +140,14 @@ class CatalogSettings(Section):
 
 class ReportSettings(Section):
     dir: str = Field(
-        "reports", validate_default=True, description="where each run writes its quarantine CSV"
+        "reports",
+        validate_default=True,
+        description="folder for each run's quarantine and not-landed CSVs, relative to the "
+        "config file",
     )
-    max_artifact_rows: int = Field(500, ge=1, description="quarantined rows shown in the UI")
+    max_artifact_rows: int = Field(
+        500, ge=1, description="flagged rows in the quarantine table artifact (all are in the CSV)"
+    )
 
     _resolve = field_validator("dir")(relative_to_config)
 
@@ -124,14 +156,21 @@ class StateSettings(Section):
     dir: str = Field(
         DEFAULT_STATE_DIR,
         validate_default=True,
-        description="SQLite state in this folder, unless url is set",
+        description="folder of the SQLite state (state.sqlite3), relative to the config file; "
+        "keep it on persistent disk. Means url = sqlite:///<dir>/state.sqlite3",
     )
     url: str | None = Field(
-        None, description="sqlite:///<file> or postgresql://user@host:port/database; replaces dir"
+        None,
+        description="the state database instead of dir: sqlite:///<file> (relative to the "
+        "config file) or postgresql://user@host:port/database, without a password",
     )
-    password: SecretRef | None = Field(None, description="the database password, never in the url")
+    password: SecretRef | None = Field(
+        None, description="the PostgreSQL password (never in the url, never logged)"
+    )
     tenant: str = Field(
-        DEFAULT_TENANT, description="whose state this is in the database (required with PostgreSQL)"
+        DEFAULT_TENANT,
+        description="whose state this is: every state row is keyed by it; required with "
+        "PostgreSQL. Two configurations with one tenant share state and run lock",
     )
 
     _resolve = field_validator("dir")(relative_to_config)
@@ -172,7 +211,9 @@ class GuardSettings(Section):
     approval_timeout_seconds: int = Field(
         3600, ge=1, description="how long a paused run waits for approval before it fails"
     )
-    read_back: bool = Field(True, description="after the load, read quantities back for drift")
+    read_back: bool = Field(
+        True, description="after the load, read quantities back and report drift"
+    )
     read_back_pages: int = Field(
         50, ge=1, description="catalog pages the read-back reads per run, in rotation"
     )
@@ -181,15 +222,17 @@ class GuardSettings(Section):
 class WatchSettings(Section):
     settle: Duration = Field(
         timedelta(seconds=2),
-        description="a feed is an arrival once its size and time held this long",
+        description="a feed is an arrival once its fingerprint (size and time) held this long",
     )
     debounce: Duration = Field(
-        timedelta(seconds=3), description="arrivals within this window of the first make one run"
+        timedelta(seconds=3),
+        description="arrivals within this window of the first make one event, one run",
     )
     deployment: str = Field(
         "inventory-sync/on-feed-arrival",
         pattern=r"^[^/]+/[^/]+$",
-        description="FLOW/DEPLOYMENT whose trigger the arrival events start",
+        description="FLOW/DEPLOYMENT whose trigger the arrival events start; the watcher holds "
+        "arrivals while one of its runs is in flight",
     )
 
 

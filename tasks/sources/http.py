@@ -50,17 +50,35 @@ class HttpWarehouse(RemoteWarehouse):
     base_url: str = Field(description="the WMS API root, e.g. https://wms.example.com/api")
     path: str = Field("", description="the stock endpoint, relative to base_url")
     params: dict[str, str] = Field(default_factory=dict, description="extra query parameters")
-    auth_header: str = Field("Authorization", min_length=1)
+    auth_header: str = Field(
+        "Authorization", min_length=1, description='the header auth_value goes in, e.g. "X-Api-Key"'
+    )
     auth_value: SecretRef | None = Field(None, description='the whole value, e.g. "Bearer abc"')
     records_path: str = Field("", description='dotted path to each page\'s records; "" = the body')
-    pagination: Literal["none", "page", "cursor", "next"] = "none"
-    page_param: str = Field("page", min_length=1)
-    first_page: int = Field(1, ge=0)
-    page_size_param: str | None = Field(None, min_length=1)
-    page_size: int | None = Field(None, ge=1)
-    cursor_param: str = Field("cursor", min_length=1)
-    cursor_path: str | None = Field(None, min_length=1, description="dotted path to next cursor")
-    next_path: str = Field("next", min_length=1, description="dotted path to the next page's URL")
+    pagination: Literal["none", "page", "cursor", "next"] = Field(
+        "none", description="none: one request; page: by number; cursor; next: a link in the body"
+    )
+    page_param: str = Field(
+        "page", min_length=1, description="page: the query parameter of the page number"
+    )
+    first_page: int = Field(1, ge=0, description="page: the first page's number")
+    page_size_param: str | None = Field(
+        None, min_length=1, description="page: the query parameter of the page size, with page_size"
+    )
+    page_size: int | None = Field(None, ge=1, description="records per page, with page_size_param")
+    cursor_param: str = Field(
+        "cursor", min_length=1, description="cursor: the query parameter that sends it back"
+    )
+    cursor_path: str | None = Field(
+        None,
+        min_length=1,
+        description='cursor: dotted path to the next cursor; null or "" = the last page',
+    )
+    next_path: str = Field(
+        "next",
+        min_length=1,
+        description="next: dotted path to the next page's URL (absolute or relative)",
+    )
 
     _url = field_validator("base_url")(http_url)
 

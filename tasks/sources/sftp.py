@@ -27,10 +27,10 @@ from tasks.sources.warehouse import CsvOptions, RemoteWarehouse
 
 class SftpWarehouse(RemoteWarehouse, CsvOptions):
     kind: Literal["sftp"]
-    host: str = Field(min_length=1)
-    port: int = Field(22, ge=1, le=65535)
-    user: str = Field(min_length=1)
-    password: SecretRef | None = None
+    host: str = Field(min_length=1, description="the SFTP server")
+    port: int = Field(22, ge=1, le=65535, description="the SFTP server's port")
+    user: str = Field(min_length=1, description="the login")
+    password: SecretRef | None = Field(None, description="the login's password")
     private_key: SecretRef | None = Field(None, description="the key itself (OpenSSH/PEM text)")
     passphrase: SecretRef | None = Field(None, description="for an encrypted private_key")
     known_hosts: str | None = Field(None, description="known_hosts file listing the server's key")

@@ -52,7 +52,7 @@ def prefect_on_postgres(
     The session's server (`prefect_api`) keeps its database in SQLite, which takes one writer at
     a time: six flow runs on two workers, their heartbeats and a test creating runs held its
     lock until the client's retries ran out (a clean-clone CI run timed out on "database is
-    locked"). The README says to give a server that many suppliers share a PostgreSQL database;
+    locked"). docs/operations.md says to give a server that many suppliers share a PostgreSQL database;
     the tests of many suppliers do the same. Yields its API URL, which is also the current
     Prefect setting until the module ends.
     """
