@@ -2,4 +2,4 @@
 
 from devstack.cli import app
 
-app()
+app(prog_name="inventory-sync-dev")

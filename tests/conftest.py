@@ -13,6 +13,16 @@ from hypothesis import settings
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The dev tooling (sandbox, devstack) is not in the installed package: the processes the tests
+# start find it in this checkout, as `inventory-sync-dev` does.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    dict.fromkeys(
+        [
+            str(Path(__file__).resolve().parents[1]),
+            *os.environ.get("PYTHONPATH", "").split(os.pathsep),
+        ]
+    )
+).strip(os.pathsep)
 
 from builders import TOKEN
 from postgres import PostgresServer

@@ -13,7 +13,6 @@ import typer
 
 from flows.cli import deploy, migrate_state, run, watch
 from flows.cli.exits import EXIT_FAILED, EXIT_OK
-from flows.process import prepare_process
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -35,8 +34,7 @@ app.command("migrate-state")(migrate_state.migrate_state)
 
 
 def main() -> None:
-    """The console script: the process prepared, the command, then an exit without teardown."""
-    prepare_process()
+    """The console script: the command, then an exit without the interpreter's teardown."""
     try:
         app()
         status: object = EXIT_OK

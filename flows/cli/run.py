@@ -82,9 +82,10 @@ def run_once(
         with ExitStack() as held:
             if early is not None:
                 held.enter_context(lock_for_next_run(early, holder))
-            from tasks.checks.suites import preload
+            from flows.process import prepare_process
 
-            preload()  # Great Expectations imports on the other core while Prefect loads here
+            # before polars loads; Great Expectations imports on the other core meanwhile
+            prepare_process(preload_validation=True)
             from tasks.config.settings import load_settings
 
             settings = load_settings(config)

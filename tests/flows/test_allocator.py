@@ -19,8 +19,9 @@ PROBE = """
 import json, os, sys
 {before}
 import flows.cli.app  # what the `inventory-sync` command imports first
+assert "polars" not in sys.modules, "the command imported polars before preparing the process"
 from flows.process import prepare_process
-prepare_process()  # what its main() does first
+prepare_process()  # what `run` does once it holds the state's lock, before reading anything
 import polars
 print(json.dumps({{"conf": os.environ.get("{env}")}}))
 """
