@@ -1,12 +1,23 @@
-"""The reconciliation rules on tiny literal frames: no Prefect, no HTTP."""
+"""The reconciliation rules on tiny literal rows, through the flow's own path: no Prefect, no HTTP.
+
+Each test writes warehouse rows as a feed would give them, runs check_rows (the GX rows
+suite: bins summed, bad rows held) and then reconcile_checked, as the flow's check-rows and
+reconcile tasks do, with the platform's largest quantity unless a test says otherwise.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
 import polars as pl
 import pytest
-from hypothesis import given
+from builders import FeedRow, feeds
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tasks.checks.rows import check_rows
+from tasks.lightspeed.contract import MAX_QUANTITY
 from tasks.lightspeed.load import chunk_body, split_into_chunks
 from tasks.reconcile import (
     HELD_AMBIGUOUS,
@@ -17,22 +28,11 @@ from tasks.reconcile import (
     NOT_TRACKED,
     PUSHED,
     ZEROED_ABSENT,
-    reconcile,
-    stock_by_sku,
+    Plan,
+    reconcile_checked,
 )
 
 pytestmark = pytest.mark.fast
-
-
-def rows(*triples: tuple[str, str, int]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "warehouse": [t[0] for t in triples],
-            "sku": [t[1] for t in triples],
-            "quantity": [t[2] for t in triples],
-        },
-        schema={"warehouse": pl.String, "sku": pl.String, "quantity": pl.Int64},
-    )
 
 
 def catalog(*entries: tuple[str, str | None, bool]) -> pl.DataFrame:
@@ -52,18 +52,28 @@ def catalog(*entries: tuple[str, str | None, bool]) -> pl.DataFrame:
     )
 
 
-NO_HELD = pl.Series("sku", [], pl.String)
+def reconciled(
+    rows: Sequence[FeedRow],
+    products: pl.DataFrame,
+    safety_stock: Mapping[str, int],
+    absent: Literal["zero", "keep"],
+    *,
+    warehouses: Sequence[str] = (),
+    max_quantity: int = MAX_QUANTITY,
+) -> Plan:
+    """The plan the flow makes from these warehouse rows: check_rows, then reconcile_checked."""
+    checked = check_rows(feeds(*rows, warehouses=warehouses), products)
+    return reconcile_checked(checked, products, safety_stock, absent, max_quantity)
 
 
-def outcome(plan, product_id: str) -> tuple[int | None, str]:
+def outcome(plan: Plan, product_id: str) -> tuple[int | None, str]:
     row = plan.products.filter(pl.col("id") == product_id).row(0, named=True)
     return row["quantity"], row["status"]
 
 
 def test_bins_are_summed_per_warehouse_and_warehouses_added():
-    plan = reconcile(
-        rows(("east", "A", 3), ("east", "A", 4), ("west", "A", 10)),
-        NO_HELD,
+    plan = reconciled(
+        [("east", "A", 3), ("east", "A", 4), ("west", "A", 10)],
         catalog(("a", "A", True)),
         {"east": 0, "west": 0},
         "zero",
@@ -82,9 +92,8 @@ def test_bins_are_summed_per_warehouse_and_warehouses_added():
     ],
 )
 def test_safety_stock_and_negative_rows(east_rows, safety, expected):
-    plan = reconcile(
-        rows(*[("east", "A", q) for q in east_rows], ("west", "A", 0)),
-        NO_HELD,
+    plan = reconciled(
+        [*[("east", "A", q) for q in east_rows], ("west", "A", 0)],
         catalog(("a", "A", True)),
         {"east": safety, "west": 0},
         "zero",
@@ -94,9 +103,8 @@ def test_safety_stock_and_negative_rows(east_rows, safety, expected):
 
 def test_one_warehouse_cannot_cancel_another():
     """East is short (negative after reserve); west's stock is not reduced by it."""
-    plan = reconcile(
-        rows(("east", "A", -5), ("west", "A", 4)),
-        NO_HELD,
+    plan = reconciled(
+        [("east", "A", -5), ("west", "A", 4)],
         catalog(("a", "A", True)),
         {"east": 0, "west": 0},
         "zero",
@@ -105,9 +113,8 @@ def test_one_warehouse_cannot_cancel_another():
 
 
 def test_ambiguous_sku_holds_every_product_that_carries_it():
-    plan = reconcile(
-        rows(("east", "D", 5)),
-        NO_HELD,
+    plan = reconciled(
+        [("east", "D", 5)],
         catalog(("d1", "D", True), ("d2", "D", True), ("e", "E", True)),
         {"east": 0},
         "zero",
@@ -118,9 +125,7 @@ def test_ambiguous_sku_holds_every_product_that_carries_it():
 
 
 def test_untracked_products_are_never_sent():
-    plan = reconcile(
-        rows(("east", "G", 100)), NO_HELD, catalog(("g", "G", False)), {"east": 0}, "zero"
-    )
+    plan = reconciled([("east", "G", 100)], catalog(("g", "G", False)), {"east": 0}, "zero")
     assert outcome(plan, "g") == (None, NOT_TRACKED)
     assert plan.payload.height == 0
 
@@ -129,9 +134,8 @@ def test_untracked_products_are_never_sent():
     ("absent", "expected"), [("zero", (0, ZEROED_ABSENT)), ("keep", (None, KEPT_ABSENT))]
 )
 def test_tracked_product_no_warehouse_lists(absent, expected):
-    plan = reconcile(
-        rows(("east", "A", 1)),
-        NO_HELD,
+    plan = reconciled(
+        [("east", "A", 1)],
         catalog(("a", "A", True), ("p", "P", True)),
         {"east": 0},
         absent,
@@ -140,16 +144,18 @@ def test_tracked_product_no_warehouse_lists(absent, expected):
 
 
 def test_held_sku_pushes_nothing_even_with_good_rows():
-    plan = reconcile(
-        rows(("east", "H", 5)), pl.Series(["H"]), catalog(("h", "H", True)), {"east": 0}, "zero"
-    )
+    """H has a good row (5) and one whose quantity is unusable: check_rows holds H."""
+    products = catalog(("h", "H", True))
+    checked = check_rows(feeds(("east", "H", 5), ("east", "H", "abc")), products)
+    assert checked.held_skus.to_list() == ["H"]
+    assert checked.on_hand.select("sku", "quantity").rows() == [("H", 5)]
+    plan = reconcile_checked(checked, products, {"east": 0}, "zero", MAX_QUANTITY)
     assert outcome(plan, "h") == (None, HELD_BAD_ROWS)
 
 
 def test_product_without_sku_is_held_not_zeroed():
-    plan = reconcile(
-        rows(("east", "A", 1)),
-        NO_HELD,
+    plan = reconciled(
+        [("east", "A", 1)],
         catalog(("a", "A", True), ("n", None, True)),
         {"east": 0},
         "zero",
@@ -158,13 +164,14 @@ def test_product_without_sku_is_held_not_zeroed():
 
 
 def test_total_above_int32_is_held():
-    plan = reconcile(
-        rows(("east", "A", 2_000_000_000), ("west", "A", 2_000_000_000)),
-        NO_HELD,
-        catalog(("a", "A", True)),
-        {"east": 0, "west": 0},
-        "zero",
+    """Each row is within the platform's largest quantity (check_rows flags none); their sum is
+    not, and reconcile holds it rather than send it."""
+    products = catalog(("a", "A", True))
+    checked = check_rows(
+        feeds(("east", "A", 2_000_000_000), ("west", "A", 2_000_000_000)), products
     )
+    assert checked.flagged.height == 0 and checked.held_skus.len() == 0
+    plan = reconcile_checked(checked, products, {"east": 0, "west": 0}, "zero", MAX_QUANTITY)
     assert outcome(plan, "a") == (None, HELD_TOO_LARGE)
 
 
@@ -172,13 +179,30 @@ def test_counts_cover_every_product_once():
     cat = catalog(
         ("a", "A", True), ("b", "B", False), ("c", "C", True), ("d1", "D", True), ("d2", "D", True)
     )
-    plan = reconcile(rows(("east", "A", 2)), NO_HELD, cat, {"east": 0}, "zero")
+    plan = reconciled([("east", "A", 2)], cat, {"east": 0}, "zero")
     counts = plan.counts()
     assert sum(counts.values()) == cat.height
     assert counts[PUSHED] == 1 and counts[ZEROED_ABSENT] == 1 and counts[NOT_TRACKED] == 1
     assert counts[HELD_AMBIGUOUS] == 2
 
 
+def available_by_hand(
+    quantities: Sequence[tuple[str, str, int]], safety_stock: Mapping[str, int]
+) -> dict[str, int]:
+    """The rule in plain Python: bins summed per warehouse and SKU, less that warehouse's
+    safety stock, floored at 0, then warehouses added per SKU (only SKUs some row lists)."""
+    bins: dict[tuple[str, str], int] = {}
+    for warehouse, sku, quantity in quantities:
+        bins[warehouse, sku] = bins.get((warehouse, sku), 0) + quantity
+    available: dict[str, int] = {}
+    for (warehouse, sku), total in bins.items():
+        available[sku] = available.get(sku, 0) + max(total - safety_stock[warehouse], 0)
+    return available
+
+
+# each example runs the GX rows suite (~0.2 s): fewer than hypothesis's default 100 keep the
+# module fast; the strategies are small enough that these cover the cases well
+@settings(max_examples=25)
 @given(
     quantities=st.lists(
         st.tuples(st.sampled_from(["e", "w"]), st.sampled_from("ABCDE"), st.integers(-50, 50)),
@@ -187,18 +211,20 @@ def test_counts_cover_every_product_once():
     safety=st.integers(0, 10),
 )
 def test_quantities_are_never_negative_and_match_a_plain_sum(quantities, safety):
-    frame = rows(*quantities)
-    stock = stock_by_sku(frame, {"e": safety, "w": safety})
-    expected: dict[str, int] = {}
-    for sku in "ABCDE":
-        per = [sum(q for w, s, q in quantities if w == wh and s == sku) for wh in ("e", "w")]
-        listed = [wh for wh in ("e", "w") if any(w == wh and s == sku for w, s, _ in quantities)]
-        if listed:
-            expected[sku] = sum(
-                max(per[i] - safety, 0) for i, wh in enumerate(("e", "w")) if wh in listed
-            )
-    assert dict(stock.iter_rows()) == expected
-    assert (stock["available"] >= 0).all()
+    safety_stock = {"e": safety, "w": safety}
+    plan = reconciled(
+        quantities,
+        catalog(*[(sku.lower(), sku, True) for sku in "ABCDE"]),
+        safety_stock,
+        "keep",
+        warehouses=("e", "w"),
+    )
+    expected = available_by_hand(quantities, safety_stock)
+    products = plan.products.select("vendorSku", "quantity", pl.col("status").cast(pl.String))
+    pushed = {sku: q for sku, q, status in products.rows() if status == PUSHED}
+    assert pushed == expected
+    assert {status for sku, _, status in products.rows() if sku not in expected} <= {KEPT_ABSENT}
+    assert (plan.products["quantity"].drop_nulls() >= 0).all()
 
 
 @given(n=st.integers(0, 2000), size=st.integers(1, 700))

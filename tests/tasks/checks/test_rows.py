@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import polars as pl
 import pytest
+from builders import feeds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.checks import gx, suites
 from tasks.checks.gx import SUITES_DIR
 from tasks.checks.payload import PayloadInvalid, check_payload
-from tasks.checks.rows import SUITE, CheckedRows, check_rows, judge, scan_feeds
-from tasks.reconcile import CATALOG_ROW, reconcile, reconcile_checked
-from tasks.sources.feed import FEED_SCHEMA, Feed
+from tasks.checks.rows import CATALOG_ROW, SUITE, CheckedRows, check_rows, judge, scan_feeds
+from tasks.lightspeed.contract import MAX_QUANTITY
+from tasks.reconcile import (
+    HELD_AMBIGUOUS,
+    HELD_BAD_ROWS,
+    HELD_NO_SKU,
+    HELD_TOO_LARGE,
+    KEPT_ABSENT,
+    NOT_TRACKED,
+    PUSHED,
+    ZEROED_ABSENT,
+    reconcile_checked,
+)
+from tasks.sources.feed import Feed
 
 pytestmark = pytest.mark.fast
 
@@ -29,16 +43,16 @@ CATALOG = pl.DataFrame(
 )
 
 
-NOW = datetime.now(UTC)
-
-
 def feed(*pairs: tuple[str | None, str | None]) -> list[Feed]:
     """One warehouse, east.csv, whose rows start on line 2."""
-    rows = pl.DataFrame(
-        {"sku_text": [p[0] for p in pairs], "quantity_text": [p[1] for p in pairs]},
-        schema=FEED_SCHEMA,
-    )
-    return [Feed("east", "east.csv", rows, 0, NOW, first_line=2)]
+    return feeds(*[("east", sku, quantity) for sku, quantity in pairs], warehouses=["east"])
+
+
+def warehouse_feeds(warehouses: Sequence[Sequence[tuple[str | None, str | None]]]) -> list[Feed]:
+    """Warehouses w0, w1, ... (w0.csv, ...) with these (SKU, quantity) rows, each from line 2."""
+    names = [f"w{n}" for n in range(len(warehouses))]
+    rows = [(name, *row) for name, pairs in zip(names, warehouses, strict=True) for row in pairs]
+    return feeds(*rows, warehouses=names)
 
 
 @pytest.mark.parametrize(
@@ -209,11 +223,8 @@ def judged_the_long_way(feeds: list[Feed]) -> CheckedRows:
     )
 )
 def test_the_plain_row_shortcut_changes_nothing(warehouses):
-    feeds = [
-        Feed(f"w{n}", f"w{n}.csv", pl.DataFrame(rows, schema=FEED_SCHEMA, orient="row"), 0, NOW, 2)
-        for n, rows in enumerate(warehouses)
-    ]
-    fast, slow = check_rows(feeds, CATALOG), judged_the_long_way(feeds)
+    read = warehouse_feeds(warehouses)
+    fast, slow = check_rows(read, CATALOG), judged_the_long_way(read)
     assert fast.on_hand.sort("warehouse", "sku").equals(slow.on_hand.sort("warehouse", "sku"))
     assert fast.flagged.equals(slow.flagged)
     assert fast.held_skus.equals(slow.held_skus)
@@ -229,6 +240,47 @@ SHARED_CATALOG = pl.DataFrame(
         "backorder": [False] * 6,
     }
 )
+
+
+def plan_by_sku_text(
+    good_rows: Sequence[tuple[str, str, int]],
+    held_skus: Sequence[str],
+    catalog: pl.DataFrame,
+    safety_stock: Mapping[str, int],
+    absent: Literal["zero", "keep"],
+) -> list[tuple[str, str | None, int | None, str, int]]:
+    """The rules in plain Python, joining stock to products by SKU text: per catalog row its
+    id, vendorSku, quantity (None: not sent), status and row number, as Plan.products has them.
+
+    `good_rows` is (warehouse, SKU, quantity) with the bins already summed, as check_rows gives.
+    """
+    available: dict[str, int] = {}
+    for warehouse, sku, quantity in good_rows:
+        available[sku] = available.get(sku, 0) + max(quantity - safety_stock.get(warehouse, 0), 0)
+    carriers = Counter(catalog["vendorSku"].drop_nulls())
+    plan = []
+    for row, (product, sku, tracked) in enumerate(
+        catalog.select("id", "vendorSku", "tracked").rows()
+    ):
+        quantity = None
+        if sku is not None and carriers[sku] > 1:
+            status = HELD_AMBIGUOUS
+        elif not tracked:
+            status = NOT_TRACKED
+        elif sku is None:
+            status = HELD_NO_SKU
+        elif sku in held_skus:
+            status = HELD_BAD_ROWS
+        elif sku in available and available[sku] > MAX_QUANTITY:
+            status = HELD_TOO_LARGE
+        elif sku in available:
+            status, quantity = PUSHED, available[sku]
+        elif absent == "zero":
+            status, quantity = ZEROED_ABSENT, 0
+        else:
+            status = KEPT_ABSENT
+        plan.append((product, sku, quantity, status, row))
+    return plan
 
 
 @settings(max_examples=25, deadline=None)
@@ -248,11 +300,7 @@ SHARED_CATALOG = pl.DataFrame(
 )
 def test_stock_placed_by_catalog_row_is_stock_joined_by_sku(warehouses, absent):
     """check_rows names each SKU's catalog row; reconcile sums by it, not by the SKU's text."""
-    feeds = [
-        Feed(f"w{n}", f"w{n}.csv", pl.DataFrame(rows, schema=FEED_SCHEMA, orient="row"), 0, NOW, 2)
-        for n, rows in enumerate(warehouses)
-    ]
-    checked = check_rows(feeds, SHARED_CATALOG)
+    checked = check_rows(warehouse_feeds(warehouses), SHARED_CATALOG)
     known = checked.on_hand.filter(pl.col(CATALOG_ROW).is_not_null())
     assert (SHARED_CATALOG["vendorSku"].gather(known[CATALOG_ROW]) == known["sku"]).all()
     assert (
@@ -262,10 +310,12 @@ def test_stock_placed_by_catalog_row_is_stock_joined_by_sku(warehouses, absent):
         .all()
     )
     safety = {"w0": 0, "w1": 3, "w2": 1}
-    by_row = reconcile_checked(checked, SHARED_CATALOG, safety, absent)
+    by_row = reconcile_checked(checked, SHARED_CATALOG, safety, absent, MAX_QUANTITY)
     good_rows = checked.on_hand.select(pl.col("warehouse").cast(pl.String), "sku", "quantity")
-    by_text = reconcile(good_rows, checked.held_skus, SHARED_CATALOG, safety, absent)
-    assert by_row.products.equals(by_text.products)
+    by_text = plan_by_sku_text(
+        good_rows.rows(), checked.held_skus.to_list(), SHARED_CATALOG, safety, absent
+    )
+    assert by_row.products.with_columns(pl.col("status").cast(pl.String)).rows() == by_text
 
 
 def test_the_suite_decides_even_for_plain_rows(monkeypatch):
