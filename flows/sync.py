@@ -3,8 +3,8 @@
 catalog (tasks/lightspeed/catalog) ∥ extract (tasks/sources/extract) → feed ages (tasks/guards)
 → check rows (tasks/checks/rows) → reconcile (tasks/reconcile) → check payload
 (tasks/checks/payload) → delta (tasks/delta) → change guard (tasks/guards) → load
-(tasks/lightspeed/load) → read-back (tasks/lightspeed/read_back) → summary (tasks/summary)
-→ publish (tasks/publish).
+(tasks/lightspeed/load) → read-back (tasks/lightspeed/read_back) → summary
+(tasks/report/summary) → publish (tasks/report/publish).
 """
 
 from __future__ import annotations

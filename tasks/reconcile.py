@@ -1,4 +1,4 @@
-"""The reconciliation rules, as pure functions of polars frames (no Prefect, no HTTP)."""
+"""The reconciliation rules as pure functions of polars frames, under a thin Prefect task."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def planned_rows(frame: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series | None
 def available_by_row(
     stock: pl.LazyFrame, safety_stock: Mapping[str, int], catalog: pl.DataFrame
 ) -> pl.Series:
-    """available_by_sku, per row of the catalog whose rows the stock's catalog_row names.
+    """Each SKU's stock after safety stock, per row of the catalog the stock's catalog_row names.
 
     Null where no warehouse lists the row's SKU (and, after check_rows, on all but one row of
     a SKU that several catalog products share: those are held anyway). Summed by catalog row,

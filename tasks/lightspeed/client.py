@@ -2,8 +2,8 @@
 
 Every response gets a verdict: accepted, retryable (429, 5xx, timeouts, dropped connections) or
 one of the fatal errors (Unauthorized, TooLarge, ItemsRejected, or another 4xx), with the
-server's message. The client itself never retries: retries
-belong to the Prefect task that called it, so the UI shows each attempt.
+server's message. A read (GET) is retried per request (tasks/http/read_retries.py); a PUT is
+retried by the Prefect task that sent its chunk, so the UI shows each attempt.
 """
 
 from __future__ import annotations
