@@ -91,7 +91,7 @@ def parse_rows(rows: pl.DataFrame, sku_known: pl.Expr) -> pl.DataFrame:
     `sku_known` says, from the column "sku", whether the catalog has that SKU.
     The suite sees only null-free flags and the number, never the text: GX converts what it
     checks to pandas and hashes it, which costs seconds per million strings. Each flag is
-    true where its rule does not apply, so a row fails exactly the rules it did before.
+    true where its rule does not apply, so a row fails exactly the rules it breaks.
     """
     sku = pl.col("sku_text").str.strip_chars()
     text = pl.col("quantity_text").str.strip_chars()
@@ -304,7 +304,7 @@ def _stock(
 
 
 def _listed_skus(scan: FeedScan) -> int:
-    """How many distinct SKUs the feed lists (an empty one counts, as the summary always did)."""
+    """How many distinct SKUs the feed lists (an empty one counts too)."""
     texts = scan.keys["sku_text"].drop_nulls()
     return texts.str.strip_chars().n_unique() if scan.trimmed else texts.len()
 
