@@ -96,8 +96,8 @@ class ProductsPage:
 def tls_context() -> ssl.SSLContext:
     """httpx's default verification (certifi's CA bundle), loaded once per process.
 
-    Each client would load the bundle again: 20-50 ms, three times a run (catalog, load,
-    read-back). A context is safe to share between clients and threads.
+    Each client would load the bundle again, three times a run (catalog, load, read-back).
+    A context is safe to share between clients and threads.
     """
     return httpx.create_ssl_context()
 

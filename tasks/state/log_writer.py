@@ -25,8 +25,8 @@ import polars as pl
 if TYPE_CHECKING:
     from tasks.state.store import StateStore
 
-# A batch holds whatever lands in this time (at a full sync's ~500 requests a second, several
-# requests); a chunk's last request does not wait it out: leaving the block ends the batch.
+# A batch holds whatever lands in this time (during a full sync, several requests); a chunk's
+# last request does not wait it out: leaving the block ends the batch.
 WINDOW_SECONDS = 0.02
 _CLOSE = object()
 
