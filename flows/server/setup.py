@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from importlib.resources import files
 from datetime import timedelta
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
