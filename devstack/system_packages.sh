@@ -5,7 +5,7 @@
 # Used by `make test` and .ci/run.
 set -euo pipefail
 
-has_postgresql() {  # initdb and pg_ctl side by side, where tests/postgres.py looks for them
+has_postgresql() {  # initdb and pg_ctl side by side, where tests/support/postgres.py looks for them
   local initdb dir
   initdb=$(command -v initdb || true)
   for dir in /usr/lib/postgresql/*/bin ${initdb:+"$(dirname "$initdb")"}; do

@@ -5,18 +5,16 @@ Python's large objects (a feed file's bytes, pickles, the pandas arrays GX check
 both keep what a stage freed for later reuse: jemalloc for 0.5-1.5 s (polars' own decay
 settings), and glibc in the arena of whichever thread freed it once a large block has been
 freed (its mmap threshold then rises to that block's size, so the next feed file's bytes come
-from an arena and stay there). At 1M products that retained memory was a quarter of the
-transform's peak: the feeds' bytes read by eight threads, and frames freed stage by stage.
+from an arena and stay there). At a million products that retained memory is a large share of
+the transform's peak: the feeds' bytes read by eight threads, and frames freed stage by stage.
 
-`release_freed_memory()` runs when the `tasks` package is first imported (tasks/__init__.py),
-which every run's process does before it imports polars: the CLI, a worker's flow-run process
-and Prefect's own engine loading flows/sync.py. jemalloc reads its settings once, when polars
-loads, so a later call only changes glibc's threshold. polars appends a user's own
-_RJEM_MALLOC_CONF to its defaults; a user's value is left as it is.
+`release_freed_memory()` runs in `prepare_process()` (flows/process.py), which the CLI and a
+worker's flow-run process call before they import polars. jemalloc reads its settings once,
+when polars loads, so a later call (the flow's own, say) only changes glibc's threshold. polars
+appends a user's own _RJEM_MALLOC_CONF to its defaults; a user's value is left as it is.
 
-Measured at 1M (benchmarks/transform.py's child): decay 0/0 gave the lowest peak (1.03 GB) but
-cost 1-2 s of purging; 200 ms/0 gave 1.07-1.13 GB at polars' default speed; polars' own
-settings 1.19 GB with the glibc threshold alone, 1.40 GB with neither.
+The decay chosen is the middle way: returning pages at once gives the lowest peak but costs
+time purging, and polars' own settings keep the most.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ def release_freed_memory() -> bool:
         os.environ.setdefault(JEMALLOC_ENV, JEMALLOC_CONF)
     if not sys.platform.startswith("linux"):
         return False
-    try:  # the process's own symbols: libc is loaded (find_library would run ldconfig, ~5 ms)
+    try:  # the process's own symbols: libc is loaded (find_library would run ldconfig)
         return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False

@@ -3,19 +3,18 @@
 Prefect 3.9 sends a flow run's heartbeats from a daemon thread that sleeps in steps of one
 second (`_send_heartbeats` in the module `prefect.flow_engine`). When the flow function
 returns, the sync engine sets the stop event and joins the thread, so every run waits until
-the thread's current second is over: 0.85-0.9 s of each 2 % cycle at 1M products on the
-benchmark's rig (9.4 s against 8.5 s), and of each feed arrival's run.
+the thread's current second is over, a wait a short cycle and each feed arrival's run feel.
 
 Prefect's own async engine does not join (`join_on_exit=False`): the thread sees the stop
 event within the second and returns without sending another heartbeat, and it is a daemon,
 so it never holds a process up. The sync engine is given the same here. Heartbeats during
-the run are untouched, so the heartbeat-lost automation (flows/server/setup.py) sees them
-as before. If Prefect's function ever loses that parameter, nothing is changed.
+the run are untouched, so the heartbeat-lost automation (flows/server/setup.py) sees them.
+If Prefect's function ever loses that parameter, nothing is changed.
 
 Except for a run on Prefect's temporary server (no API URL set): the process stops that
-server as it exits, and without the second of the join it stopped it while the server was
-still recording the run's last events, which printed the server's traceback ("Cancelled via
-cancel scope") and lost the last log lines ("Error logging to API"). Such a run keeps the join.
+server as it exits, and without the join it would stop that server while it is still
+recording the run's last events, which prints the server's traceback ("Cancelled via cancel
+scope") and loses the last log lines ("Error logging to API"). Such a run keeps the join.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ def end_runs_without_joining_heartbeats() -> bool:
 
     Not on a temporary server (see above).
 
-    Returns whether the engine now does so (False: this Prefect has no such parameter).
+    Returns whether the engine does so (False: this Prefect has no such parameter).
     """
     current = prefect.flow_engine._send_heartbeats
     if hasattr(current, ORIGINAL):

@@ -3,8 +3,8 @@
 catalog (tasks/lightspeed/catalog) ∥ extract (tasks/sources/extract) → feed ages (tasks/guards)
 → check rows (tasks/checks/rows) → reconcile (tasks/reconcile) → check payload
 (tasks/checks/payload) → delta (tasks/delta) → change guard (tasks/guards) → load
-(tasks/lightspeed/load) → read-back (tasks/lightspeed/read_back) → summary (tasks/summary)
-→ publish (tasks/publish).
+(tasks/lightspeed/load) → read-back (tasks/lightspeed/read_back) → summary
+(tasks/report/summary) → publish (tasks/report/publish).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def inventory_sync(
     settings = apply_run_options(load_settings(config_path), chunk_size)
     api = settings.lightspeed
     token = resolve_token(api)
-    preload_validation()  # Great Expectations loads (~3 s) while the feeds are read
+    preload_validation()  # Great Expectations loads while the feeds are read
     state = resolve_state(settings.state)
     if api.account_limit:  # requests in flight on the API account, across every run on it
         logger.info("account limit %s", ensure_account_limit(api))

@@ -1,1 +1,1 @@
-"""What a run does, one package or module per stage, each ending in its Prefect task."""
+"""What a run does: a package or module per stage, most ending in its @task, and their plumbing."""

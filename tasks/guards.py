@@ -18,6 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import Field
 
 from tasks.config.settings import GuardSettings
+from tasks.durations import duration
 from tasks.errors import SyncError
 from tasks.sources.extract import Extracted
 from tasks.sources.feed import Feed
@@ -49,8 +50,8 @@ def stale_reason(
     modified = modified_at.isoformat(timespec="seconds")
     if warehouse.max_age is not None and age > warehouse.max_age:
         return (
-            f"feed {source} is {_human(age.total_seconds())} old (modified {modified}), "
-            f"over max_age {_human(warehouse.max_age.total_seconds())}"
+            f"feed {source} is {duration(age, glance=True)} old (modified {modified}), "
+            f"over max_age {duration(warehouse.max_age, glance=True)}"
         )
     if mark is not None and modified_at < mark.modified_at:
         return (
@@ -218,13 +219,6 @@ def measure_change_guard(
         max_units_drop_share=guards.max_units_drop_share,
         biggest_drops=drops,
     )
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 class Approval(RunInput):

@@ -1,4 +1,4 @@
-"""The reconciliation rules, as pure functions of polars frames (no Prefect, no HTTP)."""
+"""The reconciliation rules as pure functions of polars frames, under a thin Prefect task."""
 
 from __future__ import annotations
 
@@ -49,8 +49,7 @@ class Plan:
         """The products to send: id, vendorSku, quantity (and catalog_row), in no set order.
 
         Not sorted here: only what the delta keeps is sent, and sorted then (tasks/delta.py);
-        sorting a million SKUs in random order cost 0.5 s of every run, for the few thousand a
-        cycle sends.
+        sorting a million SKUs costs far more than sorting the few thousand a cycle sends.
         """
         return self.products.filter(pl.col("status").is_in(SENT_STATUSES)).select(
             "id", "vendorSku", "quantity", CATALOG_ROW
@@ -77,12 +76,12 @@ def planned_rows(frame: pl.DataFrame, catalog: pl.DataFrame) -> pl.Series | None
 def available_by_row(
     stock: pl.LazyFrame, safety_stock: Mapping[str, int], catalog: pl.DataFrame
 ) -> pl.Series:
-    """available_by_sku, per row of the catalog whose rows the stock's catalog_row names.
+    """Each SKU's stock after safety stock, per row of the catalog the stock's catalog_row names.
 
     Null where no warehouse lists the row's SKU (and, after check_rows, on all but one row of
     a SKU that several catalog products share: those are held anyway). Summed by catalog row,
-    an integer, then scattered: a third of the time of keying the SKU texts twice, to sum
-    and then to join.
+    an integer, then scattered: cheaper than keying the SKU texts twice, to sum and then to
+    join.
     """
     warehouse = stock.collect_schema()["warehouse"]
     sums = (
@@ -101,8 +100,8 @@ def available_by_row(
 def _after_safety_stock(safety_stock: Mapping[str, int], warehouse: pl.Enum) -> pl.Expr:
     """quantity less its warehouse's safety stock, floored at 0, as "available".
 
-    Each warehouse's reserve is looked up by its number in the Enum: a fifth of the time of
-    replacing a million warehouse names by their reserves.
+    Each warehouse's reserve is looked up by its number in the Enum: cheaper than replacing a
+    million warehouse names by their reserves.
     """
     reserves = pl.Series([safety_stock.get(w, 0) for w in warehouse.categories], dtype=pl.Int64)
     reserve = pl.lit(reserves).gather(pl.col("warehouse").to_physical())

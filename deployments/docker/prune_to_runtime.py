@@ -32,7 +32,7 @@ def runtime_closure(root: str = ROOT) -> set[str]:
         try:
             distribution = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            continue  # a requirement for another platform or Python, never installed here
+            continue  # a requirement for another platform or Python, never installed in this environment
         keep.add(key)
         for text in distribution.requires or []:
             requirement = Requirement(text)

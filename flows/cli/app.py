@@ -44,7 +44,7 @@ def main() -> None:
 
 
 def exit_now(status: object) -> NoReturn:
-    """Exit as Python would, minus freeing every object one by one: 1.4 s after a 1M run.
+    """Exit as Python would, minus freeing every object one by one, slow after a large run.
 
     What a normal exit does that matters happens first, in the same order: other non-daemon
     threads are waited for, then the atexit handlers run (Prefect sends its last logs and

@@ -18,20 +18,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tasks.durations import duration
 from tasks.report.progress import Progress, StageSnapshot, current
 
 LIVE_REFRESHES_PER_SECOND = 4
-
-
-def duration(seconds: float) -> str:
-    """4.2s, 3m05s, 2h10m."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def counts(stage: StageSnapshot) -> str:

@@ -73,7 +73,7 @@ def run_once(
     """Run the flow in this process; print the summary; return the exit status.
 
     The state's run lock is taken first, from the TOML alone, and the configuration checked
-    before Prefect starts: a busy state is told in a fraction of a second, a bad file in one,
+    before Prefect starts: a busy state or a bad file is told before anything heavy loads,
     and neither starts anything.
     """
     holder = f"an inventory-sync CLI run of {config}"

@@ -112,8 +112,8 @@ def deployments_for(
 ) -> dict[str, Any]:
     """A prefect.yaml with each template deployment once per supplier.
 
-    `worker_folder`: where the workers see the configurations' folder, if not where it is
-    here (an image or a volume mounts it elsewhere).
+    `worker_folder`: where the workers see the configurations' folder, if not at the path
+    deploying reads it from (an image or a volume mounts it elsewhere).
     """
     try:
         document = yaml.safe_load(template.read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ from tasks.checks.gx import ROW_ID, Outcome, SuiteError, load_suite, validate_he
 
 
 def preload() -> None:
-    """Have Great Expectations ready by the time the first suite runs (~2.5 s of import).
+    """Have Great Expectations ready by the time the first suite runs (its import is slow).
 
     A side process imports it on the other core (tasks/checks/validation_process.py); where
     none can start, a thread imports it here, overlapped with reading the feeds. Whoever needs
@@ -72,7 +72,7 @@ def validate_distinct(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
     """Like validate, but GX sees each distinct combination of the checked values once.
 
     For suites whose every expectation judges one row by its own values (no uniqueness):
-    a row's verdict then depends only on those values, so validating 9M rows costs what
+    a row's verdict then depends only on those values, so validating millions of rows costs what
     validating their few hundred distinct combinations does. Row ids and counts are the rows'.
     """
     spec = load_suite(suite_name)
@@ -82,7 +82,7 @@ def validate_distinct(frame: pl.DataFrame, suite_name: str) -> list[Outcome]:
             raise SuiteError(f"suite {suite_name}: {kind} does not judge one row at a time")
     columns = sorted({e["kwargs"]["column"] for e in spec["expectations"]})
     # The streaming engine finds the few hundred combinations, and later the failing rows, in
-    # morsels: the in-memory engine keyed all 9M rows at once (+0.4 GB for unique() alone).
+    # morsels, where the in-memory engine would key every row at once.
     combos = (
         frame.lazy().select(columns).unique().collect(engine="streaming").with_row_index(ROW_ID)
     )

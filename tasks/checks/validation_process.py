@@ -1,9 +1,9 @@
 """Great Expectations in a side process, imported on the other core while the run starts.
 
-Importing GX costs ~2.5 s of CPU with the interpreter lock held (its own modules, scipy,
-altair). In a thread it only takes turns with Prefect's import and the flow's polars work, and
-a run waited for it: 2-3 s of every 15-minute cycle and of every feed arrival's latency. A
-child process imports it on the second core instead, while this one imports Prefect and reads
+Importing GX costs seconds of CPU with the interpreter lock held (its own modules, scipy,
+altair). In a thread it only takes turns with Prefect's import and the flow's polars work, so
+every scheduled cycle and every feed arrival's run would wait for it. A child process imports
+it on the second core instead, while this one imports Prefect and reads
 the feeds; `validate` then sends it the few hundred distinct combinations a suite must judge
 (tasks/checks/gx.py) and gets the outcomes back.
 
@@ -33,11 +33,11 @@ from typing import Any
 import polars as pl
 
 HEADER = struct.Struct("!Q")
-ANSWER_TIMEOUT_SECONDS = 600.0  # a suite over a few hundred rows takes well under a second
+ANSWER_TIMEOUT_SECONDS = 600.0  # a bound for a hung child: a suite judges only a few hundred rows
 STOP_TIMEOUT_SECONDS = 2.0
 DISABLE_ENV = "INVENTORY_SYNC_VALIDATE_IN_PROCESS"  # "1": no side process (debugging)
 # GX imports these at its own import for expectations no suite here uses (KL divergence,
-# charts): in the child they load on first use instead, 1.2 of its 3.4 s of import CPU
+# charts): in the child they load on first use instead, a large share of its import CPU
 LAZY_PACKAGES = ("scipy", "altair")
 
 log = logging.getLogger(__name__)
@@ -236,4 +236,4 @@ def serve() -> None:
 if __name__ == "__main__":
     serve()
     sys.stderr.flush()
-    os._exit(0)  # skip tearing down GX, pandas and scipy object by object (about a second)
+    os._exit(0)  # skip tearing down GX, pandas and scipy object by object

@@ -1,4 +1,4 @@
-"""How Prefect retries a task: the one layer where this project retries anything."""
+"""Prefect task retries: the layer for a call retried whole (a PUT chunk), not a read's pages."""
 
 from __future__ import annotations
 

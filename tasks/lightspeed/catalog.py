@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from tasks.config.settings import CatalogSettings, LightspeedSettings
+from tasks.durations import duration
 from tasks.errors import SyncError
 from tasks.http.read_retries import run_warning
 from tasks.lightspeed.client import (
@@ -92,7 +93,7 @@ def catalog_from_csv(path: str) -> pl.DataFrame:
             f"catalog file {path}: missing column(s) {', '.join(missing)}; "
             f"found {', '.join(raw.columns) or 'none'}"
         )
-    # vectorised: a million-product catalog is read in about a second, not row by row
+    # vectorised, not row by row: a catalog can hold a million products
     frame = pl.DataFrame(
         {
             "id": _blank_to_null(raw["id"]),
@@ -191,7 +192,7 @@ def refresh_reason(
         return f"per_page changed ({kept.per_page} → {per_page})"
     age = now - kept.refreshed_at
     if age > settings.max_age:
-        return f"the kept catalog is {human_age(age)} old, over catalog.max_age"
+        return f"the kept catalog is {duration(age, glance=True)} old, over catalog.max_age"
     return ""
 
 
@@ -257,7 +258,7 @@ def read_catalog(
         assert kept is not None
         return CatalogRead(
             kept.frame,
-            f"kept from the API, refreshed {human_age(now - kept.refreshed_at)} ago "
+            f"kept from the API, refreshed {duration(now - kept.refreshed_at, glance=True)} ago "
             f"({kept.pages} page(s))",
             kept.refreshed_at,
         )
@@ -321,26 +322,17 @@ def settle_catalog(
     age = now - kept.refreshed_at
     if age > settings.max_stale_age:
         raise CatalogError(
-            f"the catalog refresh failed ({outcome}), and the kept catalog is {human_age(age)} "
-            f"old, over catalog.max_stale_age {human_age(settings.max_stale_age)}; nothing was sent"
+            f"the catalog refresh failed ({outcome}), and the kept catalog is {duration(age, glance=True)} "
+            f"old, over catalog.max_stale_age {duration(settings.max_stale_age, glance=True)}; nothing was sent"
         ) from None
     note = (
         f"catalog refresh failed ({outcome}); used the kept catalog from "
-        f"{human_age(age)} ago instead (the next run tries again, from the page it reached)"
+        f"{duration(age, glance=True)} ago instead (the next run tries again, from the page it reached)"
     )
     run_warning(note)
     return CatalogRead(
         kept.frame,
-        f"kept from the API, refreshed {human_age(age)} ago (the refresh failed)",
+        f"kept from the API, refreshed {duration(age, glance=True)} ago (the refresh failed)",
         kept.refreshed_at,
         notes=(note,),
     )
-
-
-def human_age(age: timedelta) -> str:
-    """1.5h, 3.0d, 12m, 40s: an age at a glance."""
-    seconds = age.total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"

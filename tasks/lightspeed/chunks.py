@@ -10,11 +10,10 @@ import polars as pl
 
 from tasks.config.settings import LightspeedSettings
 
-# A task run costs ~5-10 ms of client CPU and ~40 ms of a local Prefect server's, on the cores
-# the sync runs on; the default chunk keeps a run to at most this many, whatever its size. A
-# full sync of 1M products at request_size 250 took 7.0 s with 50 and 7.9-9.0 s with 100
-# (against 3.5-4.1 s for a bare httpx loop); a chunk of 80 requests retries only the ones that
-# did not land, so bigger chunks cost a retry nothing.
+# A task run costs the Prefect server (and the client) far more than a request does, on the
+# cores the sync runs on; the default chunk keeps a run to at most this many task runs, whatever
+# its size. A chunk retries only the requests that did not land, so a bigger chunk costs a
+# retry nothing.
 MAX_TASK_RUNS = 50
 
 
@@ -22,8 +21,8 @@ def chunk_size_for(products: int, settings: LightspeedSettings) -> int:
     """Products per chunk: lightspeed.chunk_size if set, else whole requests, ≤ MAX_TASK_RUNS chunks.
 
     At least max_concurrency requests each, so that one chunk can fill the request slots: a
-    2 % cycle of 20,000 products is 10 task runs of 4 PUTs, not 40 of one, which left half the
-    slots idle (two chunks in flight) and paid Prefect's ~50 ms per task run 40 times.
+    2 % cycle of 20,000 products is 10 task runs of 4 PUTs, not 40 of one, which would leave
+    half the slots idle (two chunks in flight) and pay a task run's cost 40 times.
     """
     if settings.chunk_size is not None:
         return settings.chunk_size
@@ -65,8 +64,8 @@ def chunk_label(number: int, total: int, chunk: pl.DataFrame) -> str:
 def chunk_body(chunk: pl.DataFrame) -> bytes:
     """The PUT body: {"products": [{"id": ..., "quantity": ...}, ...]}.
 
-    orjson over the two columns as lists: 66 µs for 250 products, where polars' write_json
-    took 270 µs (and more with a load's request threads sharing polars' pool).
+    orjson over the two columns as lists: faster than polars' write_json, all the more with a
+    load's request threads sharing polars' pool.
     """
     ids, quantities = chunk["id"].to_list(), chunk["quantity"].to_list()
     products = [{"id": i, "quantity": q} for i, q in zip(ids, quantities, strict=True)]

@@ -2,8 +2,8 @@
 
 Every response gets a verdict: accepted, retryable (429, 5xx, timeouts, dropped connections) or
 one of the fatal errors (Unauthorized, TooLarge, ItemsRejected, or another 4xx), with the
-server's message. The client itself never retries: retries
-belong to the Prefect task that called it, so the UI shows each attempt.
+server's message. A read (GET) is retried per request (tasks/http/read_retries.py); a PUT is
+retried by the Prefect task that sent its chunk, so the UI shows each attempt.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ class ProductsPage:
 def tls_context() -> ssl.SSLContext:
     """httpx's default verification (certifi's CA bundle), loaded once per process.
 
-    Each client would load the bundle again: 20-50 ms, three times a run (catalog, load,
-    read-back). A context is safe to share between clients and threads.
+    Each client would load the bundle again, three times a run (catalog, load, read-back).
+    A context is safe to share between clients and threads.
     """
     return httpx.create_ssl_context()
 

@@ -49,9 +49,9 @@ from tasks.state.store import StateStore
 
 PROGRESS_KEY = "load-progress"
 LOAD_STAGE = "load"  # its counts, for the CLI's progress display
-# Each update is a blocking round trip to the Prefect server (a new API client each time:
-# ~0.1 s of this process's CPU under load), so the bar moves at most every 5 s, and at the end,
-# from a thread of its own (ProgressArtifact).
+# Each update is a blocking round trip to the Prefect server (a new API client each time,
+# costly in this process's CPU), so the bar moves at most every 5 s, and at the end, from a
+# thread of its own (ProgressArtifact).
 PROGRESS_EVERY_SECONDS = 5.0
 # Chunk task runs in flight: while one starts or finishes (Prefect's bookkeeping), the other
 # sends. Requests in flight are max_concurrency across both (the client's slots).
@@ -154,7 +154,7 @@ def put_chunk(
         outcomes = send_requests(
             shared_client(settings, token, run), to_send, settings.max_concurrency, landed
         )
-    # one record for all: a log line costs ~0.5 ms of this process and more of the server's
+    # one record for all: each log line costs this process time, and the Prefect server more
     failed = any(o.error is not None for o in outcomes)
     (logger.warning if failed else logger.info)(
         "attempt %d: %d request(s)\n%s",
@@ -282,11 +282,10 @@ def _load(
 class ProgressArtifact:
     """The load's progress artifact in the UI, created and moved by a thread of its own.
 
-    Each call is a blocking round trip to the Prefect server with a new API client: 0.1 s, and
-    up to 1.8 s during a full sync. Made from the loop that starts chunks, it left no chunk
-    running meanwhile (1.7-1.8 s of a 10 s load). `set` only notes the figure; the thread
-    sends the latest at most every PROGRESS_EVERY_SECONDS, and the last one when the block
-    ends. A failure to update it is a warning: the UI's bar is not worth a load.
+    Each call is a blocking round trip to the Prefect server with a new API client, slowest
+    during a full sync; made from the loop that starts chunks, it would stall that loop. `set`
+    only notes the figure; the thread sends the latest at most every PROGRESS_EVERY_SECONDS,
+    and the last one when the block ends. A failure to update it is a warning: the UI's bar is not worth a load.
     """
 
     def __init__(self, description: str) -> None:

@@ -1,7 +1,7 @@
 """Counts of the long stages as they happen: pages read, chunks sent, products landed, retries, waits.
 
 The stages only count (cheaply, from any thread); the CLI reads snapshots and shows them. Nothing
-here knows Prefect or a terminal, so deployment runs count and show nothing more than before.
+here knows Prefect or a terminal: a deployment run counts, and nothing shows it.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ import polars as pl
 
 from tasks.checks.rows import CheckedRows
 from tasks.delta import Changes, diff_lines
+from tasks.durations import duration
 from tasks.guards import ChangeGuard
-from tasks.lightspeed.catalog import CatalogRead, human_age
+from tasks.lightspeed.catalog import CatalogRead
 from tasks.lightspeed.load import LoadOutcome
 from tasks.lightspeed.read_back import ReadBack
 from tasks.reconcile import Plan
@@ -231,7 +232,7 @@ def summarize(
         if unknown and catalog.refreshed_at is not None and catalog.pages == 0:
             summary.notes.append(
                 f"{unknown} row(s) name a SKU the catalog does not know; it was refreshed "
-                f"{human_age(datetime.now(UTC) - catalog.refreshed_at)} ago, so a product "
+                f"{duration(datetime.now(UTC) - catalog.refreshed_at, glance=True)} ago, so a product "
                 "added since gets its quantity after the next refresh (--refresh-catalog "
                 "refreshes now)"
             )

@@ -59,7 +59,7 @@ def extract_warehouse(warehouse: WarehouseBase, secrets: Secrets) -> Feed:
 
 
 def extract_options(warehouse: WarehouseBase) -> dict[str, Any]:
-    """Task options per warehouse: files are read once; remote kinds retry what may pass, once."""
+    """Per warehouse: a file is read once; a remote read is retried whole, or per request."""
     if (
         not isinstance(warehouse, RemoteWarehouse)
         or warehouse.retries == 0

@@ -178,31 +178,22 @@ class WmsClient:
         raise AssertionError("unreachable: GET either answers or raises")
 
     def _checked(
-        self, method: str, url: str, params: Mapping[str, str], allow: tuple[int, ...] = ()
+        self, method: str, url: str, params: Mapping[str, str | int], allow: tuple[int, ...] = ()
     ) -> httpx.Response | None:
-        """One request with the WMS verdicts; None when the status is in `allow` (HEAD refused)."""
+        """One request and the verdict reads and probes share; None if its status is in `allow`.
+
+        429, 5xx, a timeout or a dropped connection may pass (WarehouseUnavailable); any other
+        status that is not 2xx will not (WarehouseUnreadable), so nothing retries a 401 or 404.
+        """
         what = f"{method} {url}"
         try:
             response = send(self._http, method, url, what, params=dict(params) or None)
         except Unreachable as exc:
             raise WarehouseUnavailable(self.warehouse, str(exc)) from None
-        if response.status_code in allow:
-            return None
-        if not 200 <= response.status_code < 300:
-            raise WarehouseUnavailable(
-                self.warehouse, f"{what}: HTTP {response.status_code} {server_message(response)}"
-            )
-        return response
-
-    def _get_once(self, url: str, params: Mapping[str, str | int]) -> Any:
-        """GET one page and return its JSON, numbers kept as the text the server wrote."""
-        what = f"GET {url}"
-        try:
-            response = send(self._http, "GET", url, what, params=dict(params) or None)
-        except Unreachable as exc:
-            raise WarehouseUnavailable(self.warehouse, str(exc)) from None
         self.bytes_read += len(response.content)
         status = response.status_code
+        if status in allow:
+            return None
         if is_transient(status):
             raise WarehouseUnavailable(
                 self.warehouse,
@@ -214,6 +205,13 @@ class WmsClient:
             raise WarehouseUnreadable(
                 self.warehouse, f"{what}: HTTP {status} {server_message(response)}{hint}"
             )
+        return response
+
+    def _get_once(self, url: str, params: Mapping[str, str | int]) -> Any:
+        """GET one page and return its JSON, numbers kept as the text the server wrote."""
+        response = self._checked("GET", url, params)
+        assert response is not None  # no status is allowed: every one gets its verdict
+        what = f"GET {url}"
         try:
             return json.loads(response.content, parse_int=str, parse_float=str)
         except (json.JSONDecodeError, UnicodeDecodeError):

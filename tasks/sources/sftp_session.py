@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from tasks.sources.feed import Fingerprint, WarehouseUnavailable, WarehouseUnreadable
 
-if TYPE_CHECKING:  # the settings module imports this one when a warehouse is read
+if TYPE_CHECKING:  # sftp.py imports this module only when a warehouse is read
     from tasks.sources.sftp import SftpFeed, SftpWarehouse
 
 

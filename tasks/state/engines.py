@@ -1,17 +1,18 @@
 """One SQLAlchemy engine per state database and process, and the schema made ready once.
 
-SQLite: WAL with synchronous=NORMAL, pooled connections (a fresh one per commit cost 1.4 ms of
-CPU against 0.7 ms, and a load commits many times a second), and BEGIN IMMEDIATE for writes, so two
+SQLite: WAL with synchronous=NORMAL, pooled connections (a fresh one per commit adds its own
+CPU to each, and a load commits many times a second), and BEGIN IMMEDIATE for writes, so two
 processes' writers queue on the busy timeout instead of failing. Within a process, writers
 queue on a lock instead (`sqlite_write_lock`): SQLite's busy handler sleeps 1 ms and more
-between tries, which a load's request threads, committing every few milliseconds, kept paying.
+between tries, which a load's request threads, committing every few milliseconds, would pay.
 The engine is made again when the database file is not the one it was made for (the state
 folder was deleted or replaced): a pooled connection would go on writing to the old file.
 
 In WAL mode NORMAL keeps every commit atomic, and a commit survives the process being killed
 (kill -9 included): only an OS crash or a power cut can lose the last few, and then the next
 run sends those products again, harmless since quantities are absolute. FULL, an fsync per
-commit, cost 1.5 ms a request. PostgreSQL: psycopg 3, a small pool checked before use.
+commit, would add a disk flush to every request. PostgreSQL: psycopg 3, a small pool checked
+before use.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """How frames are kept in the database.
 
-Whole frames (snapshots, feeds, catalogs) as Arrow IPC bytes: a million rows read back in
-well under a second. A row of the log of landed requests as two plain values instead, its
-ids as one newline-joined text and its quantities as little-endian int64 bytes (NULL for a
-forget): a full sync logs 4,000 requests, and decoding 4,000 Arrow frames took ~12 s, where
-all the log's rows decode at once (one split, one concatenation).
+Whole frames (snapshots, feeds, catalogs) as Arrow IPC bytes, read back whole. A row of the
+log of landed requests as two plain values instead, its ids as one newline-joined text and its
+quantities as little-endian int64 bytes (NULL for a forget): a full sync logs 4,000 requests,
+and decoding 4,000 Arrow frames one by one is slow, where all the log's rows decode at once
+(one split, one concatenation).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def from_blob(blob: bytes, columns: list[str] | None = None) -> pl.DataFrame:
 def log_ids(ids: pl.Series) -> str:
     """A log row's products, one per line (none may be null or hold a line break).
 
-    Joined in Python: a request's few hundred ids cost ~10 µs so, ~0.4 ms through a polars
-    expression (more with a load's request threads sharing polars' pool).
+    Joined in Python: for a request's few hundred ids, cheaper than a polars expression
+    (all the more with a load's request threads sharing polars' pool).
     """
     text = "" if ids.null_count() else LOG_ID_SEPARATOR.join(ids.to_list())
     if ids.null_count() or text.count(LOG_ID_SEPARATOR) != max(ids.len() - 1, 0):

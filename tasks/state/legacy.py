@@ -148,7 +148,7 @@ def _rows_to_snapshot(connection: Connection, tenant: str) -> None:
 
 
 def _snapshots_to_rows(connection: Connection, tenant: str, snapshots: Path) -> None:
-    """Each warehouse's last good feed, a Parquet file before, as a row of feed_rows."""
+    """Each warehouse's last good feed, a Parquet file before tenants, as a row of feed_rows."""
     warehouses = connection.execute(
         text("SELECT warehouse, run FROM feeds WHERE tenant = :t"), {"t": tenant}
     ).fetchall()

@@ -1,17 +1,15 @@
 """Accepted requests recorded from a load's request threads, one transaction per batch.
 
-A load's request threads each used to commit their own request as it landed: ~0.65 ms of
-the process's CPU a transaction (most of it SQLAlchemy's and SQLite's fixed cost), and a
-thread waiting for another's commit left its request slot idle. A request thread now hands
-its landed products to this writer and goes on sending; the writer takes whatever landed in
-the last WINDOW_SECONDS and records it in one transaction, one log row per request as before.
+A request thread hands its landed products to this writer and goes on sending; the writer
+takes whatever landed in the last WINDOW_SECONDS and records it in one transaction, one log
+row per request. A commit per request would cost each its transaction's fixed cost (mostly
+SQLAlchemy's and SQLite's), and a thread waiting for another's commit would leave its request
+slot idle.
 
-What that changes, and what not: a product is still recorded only after the API accepted
-it, and a chunk's attempt does not end (nor is it retried) before everything that landed in
-it is recorded (leaving the writer's `with` block waits for that). A process killed in
-between loses at most the last window's records; those products are then sent again by the
-next run, as they were when it was killed between a response and its commit, which is
-harmless since quantities are absolute.
+A product is recorded only after the API accepted it, and a chunk's attempt does not end (nor
+is it retried) before everything that landed in it is recorded (leaving the writer's `with`
+block waits for that). A process killed in between loses at most the last window's records;
+the next run sends those products again, which is harmless since quantities are absolute.
 """
 
 from __future__ import annotations
@@ -27,8 +25,8 @@ import polars as pl
 if TYPE_CHECKING:
     from tasks.state.store import StateStore
 
-# A batch holds whatever lands in this time (at a full sync's ~500 requests a second, several
-# requests); a chunk's last request does not wait it out: leaving the block ends the batch.
+# A batch holds whatever lands in this time (during a full sync, several requests); a chunk's
+# last request does not wait it out: leaving the block ends the batch.
 WINDOW_SECONDS = 0.02
 _CLOSE = object()
 

@@ -4,8 +4,8 @@ Every write is one transaction (SQLite in WAL mode, or PostgreSQL), so a process
 any moment leaves either the whole request recorded or none of it. On SQLite, WAL with
 synchronous=NORMAL makes each commit survive the process (kill -9 included); only an OS crash
 or a power cut can undo the last few commits, and then the next run sends those products
-again, which is harmless: quantities are absolute. (FULL, an fsync per commit, cost 1.5 ms a
-request.) A PostgreSQL commit is as durable as its server is configured to make it.
+again, which is harmless: quantities are absolute. (FULL would add an fsync to every
+commit.) A PostgreSQL commit is as durable as its server is configured to make it.
 Everything is keyed by tenant, so many suppliers can share one database.
 
 Pushed quantities are a snapshot of every product (one Arrow blob) plus a log of what landed
@@ -13,7 +13,7 @@ since, one row per accepted request (its ids as text, its quantities as int64 by
 tasks.state.frames). A load folds the log into the snapshot once the log holds a fair share
 of it (`fold_pushed(unless_below=...)`): a 2 % cycle does not rewrite a million-product
 snapshot, and last_pushed reads the rest through the log. Upserting a million products row by
-row cost ~18 s per full sync; a log row costs what one small commit does.
+row would make every full sync slow; a log row costs what one small commit does.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class StateStore:
     def _keeping_the_wal(self) -> Iterator[None]:
         """SQLite: one connection open for the run, so closing the others does not checkpoint.
 
-        Each request's commit then costs about half as much; commits are as durable, and the
+        Each request's commit then costs less; commits are as durable, and the
         WAL is checkpointed when this one closes.
         """
         if self._dialect != SQLITE:
@@ -314,8 +314,8 @@ class StateStore:
     def write_feed_rows_ahead(self, feeds: Sequence[Feed], run: str) -> FeedRowsAhead:
         """Start writing the new feeds' rows in the background, not yet as the last good ones.
 
-        About a second and a half at a million products (more on busy cores), done while the
-        run checks and sends instead of after it. Only record_good_feeds(..., ahead) makes them
+        Done while the run checks and sends instead of after it, since a million products'
+        rows take a while to write. Only record_good_feeds(..., ahead) makes them
         current; a run that fails leaves them unreferenced, and the next good run's record
         drops them. The run's lock is not released before the writing ends (see exclusive).
         """
@@ -511,8 +511,8 @@ class FeedRowsAhead:
 def _log(entries: Sequence[LogEntry]) -> pl.DataFrame:
     """The log's entries in order, one row per product: PUSHED_SCHEMA, quantity null = forgotten.
 
-    Decoded all at once (one split, one concatenation): 4,000 entries, one per request of a
-    full sync, each read as its own Arrow frame took 12 s.
+    Decoded all at once (one split, one concatenation), not as 4,000 Arrow frames (one per
+    request of a full sync) one by one.
     """
     if not entries:
         return pl.DataFrame(schema=PUSHED_SCHEMA)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flows.cli.progress import PlainLines, duration, progress_line
+from flows.cli.progress import PlainLines, progress_line
 from tasks.report.progress import Progress
 
 pytestmark = pytest.mark.fast
@@ -88,10 +88,6 @@ def test_waiting_of_a_few_microseconds_is_not_worth_a_mention():
     assert progress_line(progress.snapshot()[0]).startswith(
         "progress: catalog: 1 page, 250 products read, 2 retried; "
     )
-
-
-def test_durations_read_like_a_clock():
-    assert [duration(s) for s in (4.25, 65, 3600 + 600)] == ["4.2s", "1m05s", "1h10m"]
 
 
 def test_plain_lines_come_periodically_and_end_with_how_it_went():

@@ -12,7 +12,7 @@ from wms_server import API_KEY, WmsServer
 
 from tasks.sources.extract import Extracted, ExtractFailed, extract_all
 from tasks.sources.feed import WarehouseUnavailable, WarehouseUnreadable
-from tasks.sources.http import HttpWarehouse, read_http_feed
+from tasks.sources.http import HttpWarehouse, probe_http, read_http_feed
 
 KEY = {"auth_value": SecretStr(API_KEY)}
 RECORDS = [
@@ -188,3 +188,16 @@ def test_a_4xx_is_not_retried_and_fails_the_extract(wms, monkeypatch):
     assert "warehouse 'wms': GET" in str(info.value)
     assert "HTTP 403 key lacks scope stock:read (check auth_value)" in str(info.value)
     assert len(wms.requests) == 1
+
+
+@pytest.mark.fast
+def test_a_probe_gets_the_reads_verdict_a_401_is_not_worth_a_retry(wms):
+    wh = warehouse(wms, "page")
+    with pytest.raises(WarehouseUnreadable) as info:
+        probe_http(wh, {"auth_value": SecretStr("wrong-key")})
+    assert not isinstance(info.value, WarehouseUnavailable)
+    assert "HTTP 401 invalid API key (check auth_value)" in str(info.value)
+    assert [status for _, status in wms.requests] == [401]  # one GET (HEAD is refused), no retry
+    wms.fail("page=1", 503)
+    with pytest.raises(WarehouseUnavailable, match="HTTP 503 injected 503"):
+        probe_http(wh, KEY)
