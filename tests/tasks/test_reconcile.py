@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.checks.rows import check_rows
+from tasks.lightspeed.chunks import chunk_body, split_into_chunks
 from tasks.lightspeed.contract import MAX_QUANTITY
-from tasks.lightspeed.load import chunk_body, split_into_chunks
 from tasks.reconcile import (
     HELD_AMBIGUOUS,
     HELD_BAD_ROWS,
