@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 ## test: the whole suite (real HTTP on loopback, real Prefect, real GX); first the system packages
 test: system-packages $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 3 --dist loadfile --durations=15
 
 ## system-packages: as root, install what the suite needs (PostgreSQL, Chromium); else say how
 system-packages:

@@ -19,7 +19,7 @@ PROBE = """
 import json, os, sys
 {before}
 import flows.cli.app  # what the `inventory-sync` command imports first
-assert "polars" not in sys.modules, "the command imported polars before preparing the process"
+assert {before!r} or "polars" not in sys.modules, "the command imported polars too early"
 from flows.process import prepare_process
 prepare_process()  # what `run` does once it holds the state's lock, before reading anything
 import polars
