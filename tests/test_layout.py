@@ -197,3 +197,20 @@ def test_importing_the_product_changes_nothing_until_prepare_process():
     assert seen["prepared"]["run_log_filters"] == seen["before"]["run_log_filters"] + 2
     assert seen["prepared"]["heartbeats_patched"] is True
     assert seen["before"]["heartbeats_patched"] is False
+
+
+MIRRORED = ("flows", "tasks", "sandbox", "devstack", "benchmarks")
+
+
+def test_fast_tests_mirror_the_code():
+    """tests/<package>/test_<module>.py tests <package>/<module>; journeys live in tests/e2e/."""
+    orphans = []
+    for package in MIRRORED:
+        for test in sorted((ROOT / "tests" / package).rglob("test_*.py")):
+            folder = ROOT / test.parent.relative_to(ROOT / "tests")
+            name = test.stem.removeprefix("test_")
+            if not any(
+                p.exists() for p in (folder / f"{name}.py", folder / name, folder / f"{name}.sh")
+            ):
+                orphans.append(str(test.relative_to(ROOT)))
+    assert orphans == []
