@@ -32,7 +32,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from tasks.run_lock import adopt, check_still_held, run_lock, say_who_holds
 from tasks.sources.feed import FEED_SCHEMA, Feed
 from tasks.state import schema
-from tasks.state.engines import READ, engine_for, sqlite_write_lock
+from tasks.state.engines import READ, checkpoint_wal, engine_for, sqlite_write_lock
 from tasks.state.frames import (
     decode_log,
     from_blob,
@@ -126,12 +126,18 @@ class StateStore:
         if handed_over is not None:
             say_who_holds(handed_over, holder)
         lock = nullcontext(handed_over) if handed_over else run_lock(self.location, holder)
-        with lock, self._keeping_the_wal():
-            try:
-                yield self
-            finally:  # a run that ends early still writes nothing once its lock is gone
-                for ahead in self._ahead:
-                    ahead.finish()
+        held = False
+        try:
+            with lock, self._keeping_the_wal():
+                held = True
+                try:
+                    yield self
+                finally:  # a run that ends early still writes nothing once its lock is gone
+                    for ahead in self._ahead:
+                        ahead.finish()
+        finally:
+            if held:  # the run's writes, its lock's release included, into the database file
+                checkpoint_wal(self.location)
 
     @contextmanager
     def _keeping_the_wal(self) -> Iterator[None]:
