@@ -116,6 +116,13 @@ class ReportSettings(Section):
         "reports", validate_default=True, description="where each run writes its quarantine CSV"
     )
     max_artifact_rows: int = Field(500, ge=1, description="quarantined rows shown in the UI")
+    keep_days: float = Field(
+        30,
+        gt=0,
+        le=36_500,
+        allow_inf_nan=False,
+        description="days a report CSV is kept; older ones are deleted at the end of each run",
+    )
 
     _resolve = field_validator("dir")(relative_to_config)
 
