@@ -20,10 +20,10 @@ VACUUM_ENABLED_ENV = "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"
 FLOW_RUN_RETENTION_ENV = "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"
 EVENT_RETENTION_ENV = "PREFECT_SERVER_EVENTS_RETENTION_PERIOD"
 VACUUM_LOOP_ENV = "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS"
-SERVER_RETENTION_ENV = {
+SERVER_RETENTION_ENV = {  # ISO 8601 durations: Prefect reads the events one as a time otherwise
     VACUUM_ENABLED_ENV: "events,flow_runs",
-    FLOW_RUN_RETENTION_ENV: str(FLOW_RUN_RETENTION_DAYS * DAY_SECONDS),
-    EVENT_RETENTION_ENV: str(EVENT_RETENTION_DAYS * DAY_SECONDS),
+    FLOW_RUN_RETENTION_ENV: f"P{FLOW_RUN_RETENTION_DAYS}D",
+    EVENT_RETENTION_ENV: f"P{EVENT_RETENTION_DAYS}D",
 }
 
 # what write_files names a report: <UTC stamp>-<run name>-<what>.csv
@@ -53,7 +53,7 @@ class ServerRetention:
                 "off for flow runs: the server keeps every run, its task runs, logs and "
                 f"artifacts (events: {_days(self.events)}). Start it with "
                 f"{VACUUM_ENABLED_ENV}=events,flow_runs and {FLOW_RUN_RETENTION_ENV}="
-                f"{FLOW_RUN_RETENTION_DAYS * DAY_SECONDS} ({FLOW_RUN_RETENTION_DAYS} days); "
+                f"P{FLOW_RUN_RETENTION_DAYS}D ({FLOW_RUN_RETENTION_DAYS} days); "
                 "see docs/retention.md"
             )
         return f"flow runs kept {_days(self.flow_runs)}, events {_days(self.events)}"

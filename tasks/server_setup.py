@@ -17,6 +17,8 @@ from uuid import UUID
 
 import yaml
 
+from tasks.retention import describe_server_retention
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 AUTOMATIONS_FILE = PROJECT_ROOT / "deployments" / "automations.yaml"
@@ -104,6 +106,7 @@ def set_up_server(
     with prefect_api(api_url) as client:
         if (problem := client.api_healthcheck()) is not None:
             raise SetupError(f"the Prefect server at {api_url} does not answer: {problem}")
+        report.note("server", api_url, f"retention {describe_server_retention(client)}")
         if options.notify:
             find_notification_block(client, options.notify)  # refuse a wrong name before anything
         for pool in sorted(work_pool_names(deployments)):

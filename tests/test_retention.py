@@ -104,13 +104,13 @@ def test_a_keep_days_that_is_not_a_number_of_days_is_refused(tmp_path, value):
 def test_a_server_this_project_starts_deletes_flow_runs_after_thirty_days():
     env = server_retention_env({})
     assert env[VACUUM_ENABLED_ENV] == "events,flow_runs"
-    assert env[FLOW_RUN_RETENTION_ENV] == str(30 * 86_400)
+    assert env[FLOW_RUN_RETENTION_ENV] == "P30D"
     assert set(env) == set(SERVER_RETENTION_ENV)
 
 
 def test_the_users_own_vacuum_settings_win():
-    env = server_retention_env({FLOW_RUN_RETENTION_ENV: "604800", "OTHER": "x"})
-    assert env[FLOW_RUN_RETENTION_ENV] == "604800"
+    env = server_retention_env({FLOW_RUN_RETENTION_ENV: "P7D", "OTHER": "x"})
+    assert env[FLOW_RUN_RETENTION_ENV] == "P7D"
     assert "OTHER" not in env
 
 
