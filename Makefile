@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run deploy demo test test-fast system-packages bench lint lock clean
+.PHONY: run deploy demo test test-fast system-packages bench soak lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 11) <= v[:2] < (3, 14) else "inventory-sync needs Python 3.11, 3.12 or 3.13; found %d.%d" % v[:2])'
@@ -47,6 +47,11 @@ test-fast: $(STAMP)
 ## bench: the five benchmarks at full size (a 1M-product catalog), rewriting docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.runner --command "make bench"
+
+## soak: hundreds of 15-minute cycles against a real Prefect server, retention shortened to
+##       90 s, stopping at 9 min; writes its section of docs/benchmarks.md (docs/retention.md)
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak --command "make soak"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
