@@ -84,11 +84,13 @@ def test_every_connection_caps_the_wal_it_leaves(tmp_path):
     assert limit == WAL_SIZE_LIMIT_BYTES
 
 
-def test_a_reader_in_another_process_delays_the_end_of_a_run_briefly_and_loses_nothing(tmp_path):
+def test_a_reader_on_another_connection_delays_the_end_of_a_run_briefly_and_loses_nothing(
+    tmp_path,
+):
     store = StateStore(tmp_path)
     with store.exclusive("first"):
         store.commit(pl.DataFrame({"id": ["a"], "quantity": [1]}), "first")
-    # another process (an older run's straggler, a user's sqlite3 shell) reads without end
+    # a connection of its own, as another process's (a user's sqlite3 shell) reads without end
     with closing(sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)) as other:
         other.execute("BEGIN")
         other.execute("SELECT count(*) FROM marks").fetchall()
