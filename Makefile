@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run deploy demo test test-fast system-packages bench docs readme-sample lint lock clean
+.PHONY: run deploy demo test test-fast system-packages bench docs readme-sample soak lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 11) <= v[:2] < (3, 14) else "inventory-sync needs Python 3.11, 3.12 or 3.13; found %d.%d" % v[:2])'
@@ -57,6 +57,11 @@ docs: $(STAMP)
 ## readme-sample: rewrite README.md's sample run from a real `make demo` (a test checks it)
 readme-sample: $(STAMP)
 	$(BIN)/python -m devstack.readme_sample
+
+## soak: hundreds of 15-minute cycles against a real Prefect server, retention shortened to
+##       90 s, stopping at 9 min; writes its section of docs/benchmarks.md (docs/retention.md)
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak --command "make soak"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

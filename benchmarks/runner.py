@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import arrival, cycle, load_overhead, pandas_reference, plots, suppliers, transform
+from benchmarks import (
+    arrival,
+    cycle,
+    load_overhead,
+    pandas_reference,
+    plots,
+    soak,
+    suppliers,
+    transform,
+)
 from benchmarks import dataset as data
 from benchmarks.machine import describe, load_average
 from benchmarks.processes import ROOT
@@ -490,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     kept = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     args.out.write_text(render(results, images), encoding="utf-8")
     suppliers.keep_section(kept, args.out)  # written by its own, longer benchmark
+    soak.keep_section(kept, args.out)  # so is the soak's (`make soak`)
     print(f"wrote {args.out} and {', '.join(images.values())}")
 
 

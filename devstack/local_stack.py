@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from devstack.processes import ManagedProcess, NotReady, descendants, http_ok, port_in_use
+from flows.server.retention import server_retention_env
 from flows.server.setup import FLOW_NAME, PROJECT_ROOT
 
 DEMO_CONFIG = PROJECT_ROOT / "demo" / "inventory-sync.toml"
@@ -134,7 +135,11 @@ class LocalStack:
         self.server = ManagedProcess(
             "Prefect server",
             [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
-            self._env(PREFECT_UI_API_URL=self.api_url, **(server_env or {})),
+            self._env(
+                PREFECT_UI_API_URL=self.api_url,
+                **server_retention_env(os.environ),  # old runs deleted: docs/retention.md
+                **(server_env or {}),
+            ),
             self.home / "server.log",
             cwd=PROJECT_ROOT,
         )

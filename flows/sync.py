@@ -36,6 +36,7 @@ from tasks.lightspeed.load import load
 from tasks.lightspeed.read_back import audited_share, read_back
 from tasks.reconcile import reconcile_task
 from tasks.report.publish import emit_run_event, publish_artifacts, write_files
+from tasks.report.retention import prune_reports
 from tasks.report.summary import RunSummary, summarize
 from tasks.sources.extract import archive_processed, extract_all
 from tasks.state.store import StateStore
@@ -135,6 +136,7 @@ def inventory_sync(
             catalog=catalog_read, audited=audited_share(store, catalog.height),
         )  # fmt: skip
         summary.files = write_files(summary, checked, changes, outcome, settings.report.dir)
+        prune_reports(settings.report.dir, settings.report.keep_days)  # a year stays bounded
         publish_artifacts(summary, checked, changes, settings.report.max_artifact_rows)
         logger.info("%s (full summary: the %r artifact)", summary.headline(), "sync-summary")
         if outcome is not None and (summary.ok or outcome.products_sent):

@@ -18,6 +18,8 @@ from uuid import UUID
 
 import yaml
 
+from flows.server.retention import describe_server_retention
+
 # The folder holding flows/ (a checkout, or site-packages): runs start there, so that the
 # deployments' entrypoint flows/sync.py resolves.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +122,7 @@ def set_up_server(
     with prefect_api(api_url) as client:
         if (problem := client.api_healthcheck()) is not None:
             raise SetupError(f"the Prefect server at {api_url} does not answer: {problem}")
+        report.note("server", api_url, f"retention {describe_server_retention(client)}")
         if options.notify:
             find_notification_block(client, options.notify)  # refuse a wrong name before anything
         pools = (

@@ -148,6 +148,13 @@ class ReportSettings(Section):
     max_artifact_rows: int = Field(
         500, ge=1, description="flagged rows in the quarantine table artifact (all are in the CSV)"
     )
+    keep_days: float = Field(
+        30,
+        gt=0,
+        le=36_500,
+        allow_inf_nan=False,
+        description="days a report CSV is kept; older ones are deleted at the end of each run",
+    )
 
     _resolve = field_validator("dir")(relative_to_config)
 

@@ -18,6 +18,7 @@ before use.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from typing import Any
 
@@ -27,6 +28,9 @@ from tasks.state.location import POSTGRESQL, StateLocation
 from tasks.state.schema import metadata
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
+# the WAL is cut back to this after each checkpoint that resets it; a run's end empties it
+WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
+CHECKPOINT_BUSY_MS = 2000  # a run's end waits this long for another process's reader or writer
 READ = "inventory_sync_read"  # execution option: a read-only SQLite transaction (BEGIN DEFERRED)
 SCHEMA_LOCK_KEY = 0x1A7E_0013_5C4E_0000  # advisory lock serialising CREATE TABLE on PostgreSQL
 
@@ -58,6 +62,32 @@ def sqlite_write_lock(location: StateLocation) -> threading.RLock:
         return _write_locks.setdefault(location.url, threading.RLock())
 
 
+def checkpoint_wal(location: StateLocation) -> bool:
+    """SQLite: copy the WAL into the database and empty it (TRUNCATE); False if it stays.
+
+    A run's process may leave without closing its connections (the CLI leaves through
+    os._exit), and then nothing else checkpoints: the WAL kept a whole run's writes. Another
+    process's reader or writer makes this give up after CHECKPOINT_BUSY_MS, harmlessly: that
+    process's own run ends with a checkpoint too, and journal_size_limit caps the file.
+    """
+    if location.dialect == POSTGRESQL:
+        return True
+    raw = engine_for(location).raw_connection()
+    try:
+        connection = raw.driver_connection
+        assert connection is not None  # a pooled connection that is open
+        connection.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+        try:
+            busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError:  # locked past the wait: left to the next run's end
+            busy = 1
+        finally:
+            connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+    finally:
+        raw.close()  # back to the pool
+    return not busy
+
+
 def _create(location: StateLocation) -> Engine:
     if location.dialect == POSTGRESQL:
         return create_engine(
@@ -82,6 +112,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # transactions are begun by _sqlite_begin
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # see the module's docstring
+    dbapi_connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
 
 
 def _sqlite_begin(connection: Any) -> None:

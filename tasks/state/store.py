@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from tasks.sources.feed import FEED_SCHEMA, Feed
 from tasks.state import schema
-from tasks.state.engines import READ, engine_for, sqlite_write_lock
+from tasks.state.engines import READ, checkpoint_wal, engine_for, sqlite_write_lock
 from tasks.state.frames import (
     decode_log,
     from_blob,
@@ -126,7 +126,7 @@ class StateStore:
         if handed_over is not None:
             say_who_holds(handed_over, holder)
         lock = nullcontext(handed_over) if handed_over else run_lock(self.location, holder)
-        with lock, self._keeping_the_wal():
+        with self._then_checkpointed(lock), self._keeping_the_wal():
             try:
                 yield self
             finally:  # a run that ends early still writes nothing once its lock is gone
@@ -134,11 +134,23 @@ class StateStore:
                     ahead.finish()
 
     @contextmanager
+    def _then_checkpointed(self, lock: AbstractContextManager[Any]) -> Iterator[None]:
+        """Hold the run's lock; once it is released, empty the WAL into the database file."""
+        held = False
+        try:
+            with lock:
+                held = True
+                yield
+        finally:  # a run that failed wrote too; one refused the lock wrote nothing
+            if held:
+                checkpoint_wal(self.location)
+
+    @contextmanager
     def _keeping_the_wal(self) -> Iterator[None]:
         """SQLite: one connection open for the run, so closing the others does not checkpoint.
 
         Each request's commit then costs less; commits are as durable, and the
-        WAL is checkpointed when this one closes.
+        run's end checkpoints the WAL (`_then_checkpointed`).
         """
         if self._dialect != SQLITE:
             yield
