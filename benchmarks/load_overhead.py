@@ -113,6 +113,7 @@ def run_trials(
     from pydantic import SecretStr
 
     from tasks.config.settings import LightspeedSettings
+    from tasks.lightspeed.client import StaticToken
     from tasks.lightspeed.load import chunk_size_for, load, split_into_chunks
     from tasks.state import StateLocation, StateStore
 
@@ -135,7 +136,7 @@ def run_trials(
             with tempfile.TemporaryDirectory() as folder:
                 state = StateLocation.of(folder)
                 with StateStore(state).exclusive("bench"):
-                    outcome = load(payload, settings, SecretStr(token), state, "bench")
+                    outcome = load(payload, settings, StaticToken(SecretStr(token)), state, "bench")
             failed, chunks = len(outcome.failed), outcome.chunks
         seconds = time.perf_counter() - started
         waited = settle(pids.get("server"))
