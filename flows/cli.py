@@ -372,6 +372,24 @@ def watch_feeds(config: Path) -> int:
     return EXIT_OK
 
 
+@app.command("auth")
+def auth(
+    config: Path = typer.Option(..., "--config", "-c", help="the TOML configuration file"),
+    check: bool = typer.Option(
+        False, "--check", help="only refresh once with the stored token (for monitoring)"
+    ),
+) -> None:
+    """Store the refresh token from Lightspeed's API setup, read from standard input or a prompt.
+
+    It makes one refresh and says when the access token expires. With --check it only
+    refreshes. Exit status: 0 an access token was issued; 1 not (the message says why); 2 bad
+    configuration or usage (1 with --check).
+    """
+    from flows.auth_command import authorize
+
+    raise typer.Exit(authorize(config, check))
+
+
 @app.command("migrate-state")
 def migrate_state(
     config: Path = typer.Option(

@@ -72,6 +72,11 @@ class TokenIssuer:
             self._access.clear()
             self._revocations += 1
 
+    def expire_access_tokens(self) -> None:
+        """End every access token now, as time would (refresh tokens stay as they are)."""
+        with self._lock:
+            self._access.clear()
+
     def set_lifetime(self, seconds: float) -> None:
         """How long access tokens issued from now on last."""
         _check_lifetime(seconds)

@@ -153,6 +153,28 @@ class Issued:
     refresh_token: SecretStr | None
 
 
+def issued_from(body: Any) -> Issued:
+    """The tokens of a token endpoint's 200 answer; `expires_in` absent: the documented 15 min."""
+    if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+        raise AuthUnavailable("token refresh: the answer has no access_token")
+    expires_in = body.get("expires_in")
+    if isinstance(expires_in, str) and expires_in.strip().isdigit():
+        expires_in = int(expires_in)
+    lifetime = (
+        float(expires_in)
+        if isinstance(expires_in, int | float)
+        and not isinstance(expires_in, bool)
+        and expires_in > 0
+        else DEFAULT_EXPIRES_IN
+    )
+    refresh = body.get("refresh_token")
+    return Issued(
+        SecretStr(body["access_token"]),
+        lifetime,
+        SecretStr(refresh) if isinstance(refresh, str) and refresh else None,
+    )
+
+
 class TokenProvider:
     """Access tokens for one account in this process: refreshed once for all threads, under lock."""
 
@@ -279,7 +301,7 @@ class TokenProvider:
             status = response.status_code
             body = json_or_none(response)
             if status == 200:
-                return self._issued(body)
+                return issued_from(body)
             if status == 429 or status >= 500:
                 problem = f"HTTP {status}"
                 self._pause(attempt, retry_after_seconds(response))
@@ -319,24 +341,6 @@ class TokenProvider:
             f"store it: {c.fix}"
         )
 
-    def _issued(self, body: Any) -> Issued:
-        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-            raise AuthUnavailable("token refresh: the answer has no access_token")
-        expires_in = body.get("expires_in")
-        lifetime = (
-            float(expires_in)
-            if isinstance(expires_in, int | float)
-            and not isinstance(expires_in, bool)
-            and expires_in > 0
-            else DEFAULT_EXPIRES_IN
-        )
-        refresh = body.get("refresh_token")
-        return Issued(
-            SecretStr(body["access_token"]),
-            lifetime,
-            SecretStr(refresh) if isinstance(refresh, str) and refresh else None,
-        )
-
     def _failed(self, message: str, generation: int | None = None) -> AuthFailed:
         error = AuthFailed(message)
         if generation is None or generation not in self._reported:
@@ -354,6 +358,15 @@ class TokenProvider:
 
 _providers: dict[tuple[Any, ...], TokenProvider] = {}
 _providers_lock = threading.Lock()
+
+
+def close_providers() -> None:
+    """Forget every provider of this process and its access token (tests; a forked worker)."""
+    with _providers_lock:
+        providers = list(_providers.values())
+        _providers.clear()
+    for provider in providers:
+        provider.close()
 
 
 def report_auth_failure(account: str, message: str) -> None:
