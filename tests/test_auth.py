@@ -310,3 +310,62 @@ def test_the_raw_database_row_holds_ciphertext(sandbox, state):
     with sqlite3.connect(state.sqlite_path) as db:
         (stored,) = db.execute("SELECT token FROM refresh_tokens").fetchone()
     assert token.encode() not in stored
+
+
+TAKE_TURNS = """
+import sys
+from pydantic import SecretStr
+from tasks.config.settings import OAuthAuth
+from tasks.lightspeed.auth import OAuthCredentials, TokenProvider
+from tasks.state.location import StateLocation
+
+token_url, state_url, key, rounds = sys.argv[1:5]
+auth = OAuthAuth.model_validate({
+    "kind": "oauth", "token_url": token_url, "client_id": "sandbox-client",
+    "client_secret": {"env": "X"}, "encryption_key": {"env": "Y"},
+})
+state = StateLocation(state_url, "brand")
+credentials = OAuthCredentials(
+    auth, "acme", SecretStr("sandbox-client-secret"), SecretStr(key), state, "sync.toml", 5.0
+)
+provider = TokenProvider(credentials)
+for _ in range(int(rounds)):
+    provider.renewed(provider.bearer())  # a refresh every time: as if every token got a 401
+print(provider.counts().refreshes)
+"""
+
+
+def take_turns(sandbox: SandboxServer, state: StateLocation, processes: int, rounds: int) -> int:
+    """Processes refreshing one account's token as fast as they can; their refreshes in all."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", TAKE_TURNS, sandbox.url + TOKEN_PATH, state.url, KEY]
+    children = [
+        subprocess.Popen([*command, str(rounds)], stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    outputs = [child.communicate(timeout=300)[0] for child in children]
+    assert [child.returncode for child in children] == [0] * processes
+    return sum(int(out.strip()) for out in outputs)
+
+
+@pytest.mark.slow
+def test_processes_on_sqlite_never_present_a_token_twice(sandbox, state):
+    granted(sandbox, state)
+    refreshes = take_turns(sandbox, state, processes=4, rounds=15)
+    stats = sandbox.oauth.stats()
+    assert (stats.reused, stats.rejected) == (0, 0)
+    assert refreshes == stats.refreshes == 4 * (15 + 1)
+
+
+@pytest.mark.slow
+def test_processes_on_postgresql_never_present_a_token_twice(sandbox, postgres):
+    state = StateLocation(postgres.create_database("auth_turns"), "brand")
+    granted(sandbox, state)
+    refreshes = take_turns(sandbox, state, processes=4, rounds=15)
+    stats = sandbox.oauth.stats()
+    assert (stats.reused, stats.rejected) == (0, 0)
+    assert refreshes == stats.refreshes == 4 * (15 + 1)
+    stored = RefreshTokens(state, "acme", SecretStr(KEY)).read()
+    assert stored is not None and stored.generation == stats.refreshes + 1
