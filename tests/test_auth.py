@@ -369,3 +369,72 @@ def test_processes_on_postgresql_never_present_a_token_twice(sandbox, postgres):
     assert refreshes == stats.refreshes == 4 * (15 + 1)
     stored = RefreshTokens(state, "acme", SecretStr(KEY)).read()
     assert stored is not None and stored.generation == stats.refreshes + 1
+
+
+OAUTH_TOML = """
+[lightspeed]
+base_url = "https://api.example.test"
+{extra}
+[lightspeed.auth]
+kind = "oauth"
+client_id = "key"
+client_secret = {{ env = "LS_SECRET" }}
+encryption_key = {{ secret = "token-key" }}
+{auth}
+[[warehouses]]
+name = "east"
+kind = "csv"
+path = "east.csv"
+sku_column = "sku"
+quantity_column = "qty"
+"""
+
+
+def settings_of(tmp_path: Path, extra: str = "", auth: str = "") -> LightspeedSettings:
+    from tasks.config.settings import load_settings
+
+    path = tmp_path / "sync.toml"
+    path.write_text(OAUTH_TOML.format(extra=extra, auth=auth))
+    return load_settings(path, environ={}).lightspeed
+
+
+def test_oauth_settings_default_to_the_documented_endpoint_and_basic_auth(tmp_path):
+    auth = settings_of(tmp_path).auth
+    assert isinstance(auth, OAuthAuth)
+    assert auth.token_url == "https://accounts.lightspeed.app/oauth/token"
+    assert auth.client_auth == "basic" and auth.refresh_margin_seconds == 60
+
+
+def test_static_is_still_the_default(tmp_path):
+    from tasks.config.settings import StaticAuth
+
+    assert LightspeedSettings(base_url="https://x").auth == StaticAuth()
+
+
+@pytest.mark.parametrize(
+    ("extra", "auth", "problem"),
+    [
+        ('token_secret = "block"', "", "token_secret is for auth kind"),
+        ("", 'client_auth = "header"', "client_auth"),
+        ("", 'token_url = "ftp://x"', "must start with http"),
+    ],
+)
+def test_bad_oauth_settings_are_named(tmp_path, extra, auth, problem):
+    from tasks.config.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=problem):
+        settings_of(tmp_path, extra, auth)
+
+
+def test_a_secret_written_inline_is_refused(tmp_path):
+    from tasks.config.errors import ConfigError
+
+    path = tmp_path / "sync.toml"
+    path.write_text(
+        OAUTH_TOML.format(extra="", auth="").replace('{ env = "LS_SECRET" }', '"hunter2"')
+    )
+    from tasks.config.settings import load_settings
+
+    with pytest.raises(ConfigError, match="never written in the file") as refused:
+        load_settings(path, environ={})
+    assert "hunter2" not in str(refused.value)
