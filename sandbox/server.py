@@ -1045,12 +1045,21 @@ def serve(
     *,
     token_source: str | None = None,
     bucket: Bucket | None = None,
+    access_token_seconds: float = DEFAULT_ACCESS_TOKEN_SECONDS,
 ) -> None:
     """Serve the sandbox API until SIGINT or SIGTERM, rate limited if a bucket is given."""
     if token_source is None:
         token_source = _guess_token_source(token)
     products = load_catalog(catalog_path) if catalog_path else []
-    sandbox = SandboxServer(products, token, max_products_per_call, host, port, bucket=bucket)
+    sandbox = SandboxServer(
+        products,
+        token,
+        max_products_per_call,
+        host,
+        port,
+        bucket=bucket,
+        access_token_seconds=access_token_seconds,
+    )
     limit = (
         ""
         if bucket is None
@@ -1069,7 +1078,8 @@ def serve(
         sandbox.start()
         print(
             f"Sandbox Lightspeed API on {sandbox.url} "
-            f"({len(products)} products, token from {token_source}{limit})",
+            f"({len(products)} products, token from {token_source}{limit}; OAuth at "
+            f"{sandbox.url}{TOKEN_PATH}, access tokens for {_number(access_token_seconds)}s)",
             file=sys.stdout,
             flush=True,
         )

@@ -438,3 +438,47 @@ def test_a_secret_written_inline_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="never written in the file") as refused:
         load_settings(path, environ={})
     assert "hunter2" not in str(refused.value)
+
+
+def test_the_sandbox_token_endpoint_over_http(sandbox):
+    from builders import TOKEN
+
+    sandbox.reset([product("A")])
+    control = sandbox.url + "/_sandbox/oauth"
+    assert (
+        httpx.post(control, json={"access_token_seconds": 30}).json()["access_token_seconds"] == 30
+    )
+    first = httpx.post(control + "/grant").json()["refresh_token"]
+    basic = (DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
+    form = {"grant_type": "refresh_token", "refresh_token": first}
+
+    answer = httpx.post(sandbox.url + TOKEN_PATH, data=form, auth=basic)
+    assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+    body = answer.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 30
+    assert body["refresh_token"] != first
+    for bearer in (body["access_token"], TOKEN):  # issued tokens and the static one both work
+        got = httpx.get(sandbox.url + "/products", headers={"Authorization": f"Bearer {bearer}"})
+        assert got.status_code == 200
+
+    again = httpx.post(sandbox.url + TOKEN_PATH, data=form, auth=basic)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    by_form = form | {"refresh_token": body["refresh_token"], "client_id": DEFAULT_CLIENT_ID}
+    wrong = httpx.post(sandbox.url + TOKEN_PATH, data=by_form | {"client_secret": "nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    right = httpx.post(
+        sandbox.url + TOKEN_PATH, data=by_form | {"client_secret": DEFAULT_CLIENT_SECRET}
+    )
+    assert right.status_code == 200
+
+    assert httpx.post(control + "/revoke").status_code == 200
+    headers = {"Authorization": f"Bearer {right.json()['access_token']}"}
+    assert httpx.get(sandbox.url + "/products", headers=headers).status_code == 401
+    stats = httpx.get(control).json()
+    assert (stats["refreshes"], stats["reused"], stats["grants"], stats["revocations"]) == (
+        2,
+        1,
+        1,
+        1,
+    )
+    assert httpx.post(control, json={"access_token_seconds": 0}).status_code == 400

@@ -310,7 +310,11 @@ class TokenProvider:
             said = f"HTTP {status} {error or response.reason_phrase}"
             if error == "invalid_grant":  # this refresh token is dead for every process
                 store.mark_rejected(generation, said)
+            elif lost is None:  # refused for another reason: the token was not rotated
+                store.mark_refreshing(generation, None)
             raise self._failed(self._refusal(said, status, lost, interrupted), generation)
+        if lost is None:  # every attempt was answered or never arrived: nothing was rotated
+            store.mark_refreshing(generation, None)
         raise AuthUnavailable(
             f"token refresh at {c.auth.token_url} failed {TOKEN_ATTEMPTS} time(s): {problem}; "
             "the stored refresh token is unchanged"

@@ -120,15 +120,18 @@ class RefreshTokens:
             upsert_rows(db, refresh_tokens, [row])
         return generation
 
-    def mark_refreshing(self, generation: int, who: str) -> None:
-        """Note (durably, before the request) that a refresh of this generation is under way."""
+    def mark_refreshing(self, generation: int, who: str | None) -> None:
+        """Note (durably, before the request) that a refresh of this generation is under way.
+
+        None: it ended with the token unchanged (the endpoint answered, and not with a new one).
+        """
         self._mark(generation, refreshing=who)
 
     def mark_rejected(self, generation: int, why: str) -> None:
         """Note that the token endpoint refused this generation: no process presents it again."""
         self._mark(generation, rejected=why)
 
-    def _mark(self, generation: int, **values: str) -> None:
+    def _mark(self, generation: int, **values: str | None) -> None:
         with self._writing() as db:
             db.execute(
                 update(refresh_tokens)
