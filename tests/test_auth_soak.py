@@ -139,6 +139,7 @@ def account(prefect_api, tmp_path) -> Iterator[Account]:
         sandbox.stop()
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 600)  # the suite's 300 s, plus the soak itself
 def test_two_configs_and_two_deployments_of_one_share_an_account_for_a_while(account):
     from prefect.client.schemas.actions import WorkPoolUpdate
 
