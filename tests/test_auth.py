@@ -197,7 +197,7 @@ def test_a_refused_refresh_token_names_the_fix_and_is_never_presented_again(sand
         first.bearer()
     message = str(refused.value)
     assert "inventory-sync auth --config sync.toml" in message
-    assert "invalid_grant" in message and "Nothing was sent" in message
+    assert "invalid_grant" in message
     with pytest.raises(AuthFailed, match="was refused"):
         second.bearer()  # another process: the store says it was refused, so it asks no one
     stats = sandbox.oauth.stats()

@@ -148,7 +148,7 @@ def test_a_revoked_refresh_token_fails_the_run_before_anything_is_sent(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, output
     assert f"store it: inventory-sync auth --config {oauth_config}" in errors[0]
-    assert "invalid_grant" in errors[0] and "Nothing was sent" in errors[0]
+    assert "invalid_grant" in errors[0] and errors[0].endswith("(nothing was sent)")
     assert api_requests(sandbox) == []  # no GET, no PUT: nothing was sent
     assert sandbox.oauth.stats().reused == 0
     [event] = events(prefect_api, EVENT_AUTH_FAILED, since)
@@ -168,6 +168,39 @@ def test_a_revoked_refresh_token_fails_the_run_before_anything_is_sent(
     healed = run(oauth_config, prefect_api, tmp_path)
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert sandbox.quantities() == {pid(s): 10 + i for i, s in enumerate(SKUS)}
+
+
+def test_a_token_revoked_during_the_load_stops_it_and_says_what_to_do(
+    oauth_config, sandbox, tmp_path, prefect_api
+):
+    import threading
+
+    since = now_iso()
+    sandbox.oauth.set_lifetime(1)  # every chunk after the first needs a new access token
+    sandbox.add_fault(Fault(delay=600, times=1))  # the first PUT waits for the revocation
+    feed(tmp_path, {s: 30 + i for i, s in enumerate(SKUS)})
+
+    def revoke_once_a_put_is_held() -> None:
+        if sandbox.wait_for_arrivals("/inventory", 1, timeout=180):
+            sandbox.oauth.revoke_all()
+            sandbox.oauth.expire_access_tokens()
+            sandbox.end_delays()
+
+    revoker = threading.Thread(target=revoke_once_a_put_is_held)
+    revoker.start()
+    result = run(oauth_config, prefect_api, tmp_path)
+    revoker.join()
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert f"inventory-sync auth --config {oauth_config}" in result.stdout  # the summary's failures
+    assert "did not land" in result.stdout
+    assert sandbox.oauth.stats().reused == 0
+    # raised in one of the load's request threads, which have no Prefect context of their own
+    [event] = events(prefect_api, EVENT_AUTH_FAILED, since)
+    flow_run = flow_run_of(oauth_config)
+    assert event["related"][0]["prefect.resource.id"] == f"prefect.flow-run.{flow_run.id}"
 
 
 @pytest.mark.parametrize("server_rotated", [True, False], ids=["rotated", "never-processed"])

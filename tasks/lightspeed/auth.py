@@ -141,8 +141,12 @@ def sign_in(credentials: Credentials) -> SignedIn:
     if isinstance(credentials, StaticToken):
         return SignedIn(credentials, TokenCounts())
     provider = credentials.tokens()
+    provider.run = current_run() or provider.run  # the load's request threads have no context
     counts = provider.counts()
-    provider.bearer()
+    try:
+        provider.bearer()
+    except AuthFailed as exc:
+        raise AuthFailed(f"{exc} (nothing was sent)") from None
     return SignedIn(credentials, counts)
 
 
@@ -188,6 +192,7 @@ class TokenProvider:
         self._refreshes = self._after_401 = 0
         self._reported: set[int] = set()  # refused generations already announced by an event
         self._store: RefreshTokens | None = None
+        self.run: tuple[str, str] | None = None  # the flow run that signed in last: (id, name)
         self._http = httpx.Client(
             timeout=credentials.timeout_seconds,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
@@ -255,7 +260,7 @@ class TokenProvider:
         if stored.rejected is not None:
             raise self._failed(
                 f"the stored refresh token for account {c.account!r} was refused ({stored.rejected}); "
-                f"nothing was sent. Store a new one: {c.fix}",
+                f"store a new one: {c.fix}",
                 stored.generation,
             )
         store.mark_refreshing(stored.generation, whoami("a refresh"))
@@ -341,7 +346,7 @@ class TokenProvider:
             )
         return (
             f"Lightspeed refused the stored refresh token for account {c.account!r} ({said}): "
-            f"{why}. Nothing was sent. Get a new refresh token (Lightspeed's API setup) and "
+            f"{why}. Get a new refresh token (Lightspeed's API setup) and "
             f"store it: {c.fix}"
         )
 
@@ -350,7 +355,10 @@ class TokenProvider:
         if generation is None or generation not in self._reported:
             if generation is not None:
                 self._reported.add(generation)
-            report_auth_failure(self.credentials.account, message)
+            run = current_run()
+            if run is None or (self.run is not None and run[0] == self.run[0]):
+                run = self.run
+            report_auth_failure(self.credentials.account, message, run)
         return error
 
     @staticmethod
@@ -373,14 +381,26 @@ def close_providers() -> None:
         provider.close()
 
 
-def report_auth_failure(account: str, message: str) -> None:
-    """The `inventory-sync.auth.failed` event, from within a run (outside one, the exit status says it)."""
-    from prefect.runtime import flow_run
+def current_run() -> tuple[str, str] | None:
+    """The flow run this thread works for, (id, name), if Prefect's context says so."""
+    from prefect.context import FlowRunContext, TaskRunContext
 
-    run_id = flow_run.id
-    if not run_id:
+    flow_context, task_context = FlowRunContext.get(), TaskRunContext.get()
+    if flow_context is not None and flow_context.flow_run is not None:
+        return str(flow_context.flow_run.id), flow_context.flow_run.name
+    if task_context is not None and task_context.task_run.flow_run_id is not None:
+        run_id = str(task_context.task_run.flow_run_id)
+        return run_id, run_id  # the flow run's name is not in a task's context
+    return None
+
+
+def report_auth_failure(account: str, message: str, run: tuple[str, str] | None) -> None:
+    """The `inventory-sync.auth.failed` event, from within a run (outside one, the exit status says it)."""
+    if run is None:
         return
     from prefect.events import emit_event
+
+    run_id, run_name = run
 
     emit_event(
         event=EVENT_AUTH_FAILED,
@@ -392,7 +412,7 @@ def report_auth_failure(account: str, message: str) -> None:
             {
                 "prefect.resource.id": f"prefect.flow-run.{run_id}",
                 "prefect.resource.role": "flow-run",
-                "prefect.resource.name": str(flow_run.name),
+                "prefect.resource.name": run_name,
             }
         ],
         payload={"account": account, "error": message[:2000]},
