@@ -114,6 +114,7 @@ def run_trials(
 
     from tasks.config.settings import LightspeedSettings
     from tasks.lightspeed.chunks import chunk_size_for, split_into_chunks
+    from tasks.lightspeed.client import StaticToken
     from tasks.lightspeed.load import load
     from tasks.state.location import StateLocation
     from tasks.state.store import StateStore
@@ -137,7 +138,7 @@ def run_trials(
             with tempfile.TemporaryDirectory() as folder:
                 state = StateLocation.of(folder)
                 with StateStore(state).exclusive("bench"):
-                    outcome = load(payload, settings, SecretStr(token), state, "bench")
+                    outcome = load(payload, settings, StaticToken(SecretStr(token)), state, "bench")
             failed, chunks = len(outcome.failed), outcome.chunks
         seconds = time.perf_counter() - started
         waited = settle(pids.get("server"))

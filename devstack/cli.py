@@ -22,13 +22,29 @@ def sandbox(
     host: str = typer.Option("127.0.0.1", "--host"),
     catalog: Path | None = typer.Option(None, "--catalog", help="catalog JSON to serve"),
     max_products: int = typer.Option(1000, "--max-products", help="largest PUT accepted (413)"),
+    access_token_seconds: float = typer.Option(
+        900, "--access-token-seconds", min=1, help="life of the OAuth access tokens it issues"
+    ),
 ) -> None:
-    """Serve the local Lightspeed-compatible API; the token is $LIGHTSPEED_TOKEN or 'sandbox-token'."""
+    """Serve the local Lightspeed-compatible API; the token is $LIGHTSPEED_TOKEN or 'sandbox-token'.
+
+    It also issues OAuth tokens (docs/authentication.md): POST /_sandbox/oauth/grant hands out
+    a first refresh token, as Lightspeed's API setup does.
+    """
     from sandbox.server import serve
 
     token = os.environ.get("LIGHTSPEED_TOKEN") or "sandbox-token"
     source = "$LIGHTSPEED_TOKEN" if os.environ.get("LIGHTSPEED_TOKEN") else "the default"
-    serve(host, port, str(catalog) if catalog else None, token, max_products, token_source=source)
+    catalog_path = str(catalog) if catalog else None
+    serve(
+        host,
+        port,
+        catalog_path,
+        token,
+        max_products,
+        token_source=source,
+        access_token_seconds=access_token_seconds,
+    )
 
 
 @app.command()

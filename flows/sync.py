@@ -22,12 +22,13 @@ from flows.process import prepare_process
 from tasks.checks.payload import check_payload_task
 from tasks.checks.rows import check_rows_task
 from tasks.checks.suites import preload as preload_validation
-from tasks.config.secrets import resolve_state, resolve_token
+from tasks.config.secrets import resolve_state
 from tasks.config.settings import apply_run_options, load_settings, select_warehouses
 from tasks.delta import plan_changes
 from tasks.errors import SyncError
 from tasks.guards import ask_for_approval, guard_feed_ages, measure_change_guard
 from tasks.lightspeed.account_limit import ensure_account_limit
+from tasks.lightspeed.auth import resolve_credentials, sign_in
 from tasks.lightspeed.catalog import read_catalog_task, settle_catalog
 from tasks.lightspeed.chunks import chunk_size_for
 from tasks.lightspeed.client import retry_policy
@@ -92,15 +93,16 @@ def inventory_sync(
     run = flow_run.name or run_id
     settings = apply_run_options(load_settings(config_path), chunk_size)
     api = settings.lightspeed
-    token = resolve_token(api)
-    preload_validation()  # Great Expectations loads while the feeds are read
     state = resolve_state(settings.state)
+    credentials = resolve_credentials(api, state, config_path)
+    signed_in = sign_in(credentials)  # a refused refresh token fails here, before anything is sent
+    preload_validation()  # Great Expectations loads while the feeds are read
     if api.account_limit:  # requests in flight on the API account, across every run on it
         logger.info("account limit %s", ensure_account_limit(api))
     with StateStore(state).exclusive(run) as store:  # no two runs of this tenant overlap
         catalog_future = read_catalog_task.with_options(
             **retry_policy(api, CATALOG_RETRIES)
-        ).submit(settings.catalog, api, token, state, refresh=full or refresh_catalog)
+        ).submit(settings.catalog, api, credentials, state, refresh=full or refresh_catalog)
         extracted = extract_all(select_warehouses(settings, warehouses))
         extracted, stale_notes = guard_feed_ages(
             extracted, settings.warehouses, store, datetime.now(UTC)
@@ -124,16 +126,17 @@ def inventory_sync(
 
         outcome = audit = None
         if not dry_run:
-            outcome = load(changes.to_send, api, token, state, run_id)
+            outcome = load(changes.to_send, api, credentials, state, run_id)
             if settings.guards.read_back:
                 pages = settings.guards.read_back_pages
-                audit = read_back(changes.to_send, outcome, catalog, api, pages, token, store)
+                audit = read_back(changes.to_send, outcome, catalog, api, pages, credentials, store)
 
         summary = summarize(
             run, dry_run, extracted, checked, plan, changes, outcome,
             chunk_size=chunk_size_for(changes.to_send.height, api), request_size=api.request_size,
             read_back=audit, notes=stale_notes, guard=guard,
             catalog=catalog_read, audited=audited_share(store, catalog.height),
+            tokens=signed_in.used(),
         )  # fmt: skip
         summary.files = write_files(summary, checked, changes, outcome, settings.report.dir)
         prune_reports(settings.report.dir, settings.report.keep_days)  # a year stays bounded

@@ -25,6 +25,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from sandbox.catalog import check_products, is_valid_quantity, load_catalog, merge_products
+from sandbox.oauth import DEFAULT_ACCESS_TOKEN_SECONDS, TOKEN_PATH, TokenIssuer
 
 __all__ = ["Bucket", "Fault", "RecordedRequest", "SandboxServer", "load_catalog", "serve"]
 
@@ -33,7 +34,7 @@ MAX_PER_PAGE = 1000
 MAX_BODY_BYTES = 64 * 1024 * 1024
 CONTROL_PREFIX = "/_sandbox"
 DROP_MODES = ("before", "after")
-PUBLIC_ROUTES = {"/products": "GET", "/inventory": "PUT"}
+PUBLIC_ROUTES = {"/products": "GET", "/inventory": "PUT", TOKEN_PATH: "POST"}
 CONTROL_ROUTES = {
     "/_sandbox/quantities": ("GET",),
     "/_sandbox/requests": ("GET",),
@@ -42,6 +43,9 @@ CONTROL_ROUTES = {
     "/_sandbox/bucket": ("GET", "POST"),
     "/_sandbox/products": ("POST",),
     "/_sandbox/in-flight": ("GET",),
+    "/_sandbox/oauth": ("GET", "POST"),
+    "/_sandbox/oauth/grant": ("POST",),
+    "/_sandbox/oauth/revoke": ("POST",),
 }
 BUCKET_LEVEL_HEADER = "X-LS-API-Bucket-Level"
 BUCKET_DRIP_HEADER = "X-LS-API-Drip-Rate"
@@ -362,6 +366,8 @@ class SandboxServer:
 
     `bucket` turns on a Lightspeed Retail style rate limit; `seed` seeds the generator that rate
     faults without their own seed draw from (None: seeded from the OS, so not reproducible).
+    Resources accept the static `token` and any live access token of `oauth`, the token
+    endpoint at /oauth/token (sandbox/oauth.py), whose access tokens last `access_token_seconds`.
     """
 
     def __init__(
@@ -374,6 +380,7 @@ class SandboxServer:
         *,
         bucket: Bucket | None = None,
         seed: int | None = 0,
+        access_token_seconds: float = DEFAULT_ACCESS_TOKEN_SECONDS,
     ) -> None:
         if not isinstance(token, str) or not token:
             raise ValueError("token must be a non-empty string")
@@ -382,6 +389,7 @@ class SandboxServer:
         _check_bucket(bucket)
         _check_seed(seed)
         self.token = token
+        self.oauth = TokenIssuer(access_token_seconds=access_token_seconds)
         self.max_products_per_call = max_products_per_call
         self.host = host
         self._requested_port = port
@@ -399,6 +407,8 @@ class SandboxServer:
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._delays = threading.Event()  # set (and replaced) to answer every delayed request now
+        self._arrivals: dict[str, int] = {}  # public requests received, by path, before any fault
+        self._arrived = threading.Condition(self._lock)
         self._httpd: _SandboxHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -478,6 +488,16 @@ class SandboxServer:
         """Per token presented: the most public requests it had in flight at once since a reset."""
         with self._lock:
             return dict(self._max_in_flight)
+
+    def wait_for_arrivals(self, path: str, count: int, timeout: float) -> bool:
+        """Wait until `count` public requests to `path` have arrived (answered or not yet)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self._arrivals.get(path, 0) >= count, timeout)
+
+    def arrivals(self, path: str) -> int:
+        """Public requests to `path` received so far, held by a fault or not."""
+        with self._lock:
+            return self._arrivals.get(path, 0)
 
     def faults(self) -> list[Fault]:
         """Faults still armed, with `times` set to the uses left (None: no limit)."""
@@ -619,6 +639,11 @@ class SandboxServer:
             with self._lock:
                 self._in_flight[token] -= 1
 
+    def _arrive(self, path: str) -> None:
+        with self._arrived:
+            self._arrivals[path] = self._arrivals.get(path, 0) + 1
+            self._arrived.notify_all()
+
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._log.append(request)
@@ -631,6 +656,9 @@ class SandboxServer:
             return _error(404, f"no such resource: {path}")
         if method != allowed:
             return _error(405, f"{method} is not allowed on {path}", ("Allow", allowed))
+        if path == TOKEN_PATH:
+            status, body = self.oauth.answer(authorization, _form(payload))
+            return _reply(status, body, ("Cache-Control", "no-store"))
         problem = self._auth_problem(authorization)
         if problem is not None:
             return _error(401, problem, ("WWW-Authenticate", "Bearer"))
@@ -645,9 +673,11 @@ class SandboxServer:
         if scheme.lower() != "bearer" or not credentials.strip():
             return "Authorization must be 'Bearer <token>'"
         presented = credentials.strip().encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(presented, self.token.encode("utf-8")):
-            return "invalid token"
-        return None
+        if hmac.compare_digest(presented, self.token.encode("utf-8")):
+            return None
+        if self.oauth.accepts(credentials.strip()):
+            return None
+        return "invalid token"
 
     def _list_products(self, query: str) -> _Reply:
         params = parse_qs(query, keep_blank_values=True)
@@ -722,6 +752,8 @@ class SandboxServer:
             return _reply(200, {"requests": rows})
         if path == "/_sandbox/in-flight":
             return _reply(200, {"max_in_flight": self.max_in_flight()})
+        if path.startswith("/_sandbox/oauth"):
+            return self._control_oauth(method, path, payload)
         if path == "/_sandbox/faults" and method == "GET":
             return _reply(200, {"faults": [asdict(fault) for fault in self.faults()]})
         if path == "/_sandbox/bucket" and method == "GET":
@@ -768,6 +800,21 @@ class SandboxServer:
         total = self._change_catalog(upsert, remove)
         return _reply(200, {"upserted": len(upsert), "removed": len(remove), "products": total})
 
+    def _control_oauth(self, method: str, path: str, payload: object) -> _Reply:
+        """Hand out a first refresh token, revoke everything, set the lifetime, or report."""
+        if path == "/_sandbox/oauth/grant":
+            return _reply(200, {"refresh_token": self.oauth.grant()})
+        if path == "/_sandbox/oauth/revoke":
+            self.oauth.revoke_all()
+        elif method == "POST":
+            if not (isinstance(payload, dict) and set(payload) == {"access_token_seconds"}):
+                return _error(400, 'body must be {"access_token_seconds": <seconds>}')
+            try:
+                self.oauth.set_lifetime(payload["access_token_seconds"])
+            except ValueError as problem:
+                return _error(400, str(problem))
+        return _reply(200, asdict(self.oauth.stats()))
+
     def _control_reset(self, payload: object) -> _Reply:
         if payload is _NO_BODY:
             self.reset()
@@ -789,6 +836,17 @@ def _bearer(authorization: str | None) -> str:
     """The token a request presents ("" when it presents none): what "an account" is here."""
     scheme, _, credentials = (authorization or "").strip().partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+def _form(payload: object) -> dict[str, str]:
+    """A form-encoded body as its fields (the last value of a repeated one)."""
+    if not isinstance(payload, bytes):
+        return {}
+    try:
+        fields = parse_qs(payload.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return {}
+    return {name: values[-1] for name, values in fields.items()}
 
 
 def _as_list(payload: object) -> list[object]:
@@ -894,13 +952,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_public(self, path: str, query: str, body: bytes | _Reply, at: float) -> None:
         """Charge the bucket, apply a fault if one fires, answer and log the request."""
         method = self.command
-        refused, bucket_headers = self.sandbox._charge(method)
+        self.sandbox._arrive(path)
+        refused: _Reply | None = None
+        bucket_headers: Headers = ()
+        if path != TOKEN_PATH:  # the accounts server is not under the API's rate limit
+            refused, bucket_headers = self.sandbox._charge(method)
         if isinstance(body, _Reply):
             head = self._head_bytes()
             request = RecordedRequest(method, self.path, 0, (), at, False, head, 0, query)
             self._answer(request, refused if refused is not None else body, bucket_headers)
             return
-        payload = _decode_json(body) if body else _NO_BODY
+        payload: object = body if path == TOKEN_PATH else _decode_json(body) if body else _NO_BODY
         product_ids = _put_product_ids(payload) if method == "PUT" else ()
         bytes_in = self._head_bytes() + len(body)
         request = RecordedRequest(method, self.path, 0, product_ids, at, False, bytes_in, 0, query)
@@ -983,12 +1045,21 @@ def serve(
     *,
     token_source: str | None = None,
     bucket: Bucket | None = None,
+    access_token_seconds: float = DEFAULT_ACCESS_TOKEN_SECONDS,
 ) -> None:
     """Serve the sandbox API until SIGINT or SIGTERM, rate limited if a bucket is given."""
     if token_source is None:
         token_source = _guess_token_source(token)
     products = load_catalog(catalog_path) if catalog_path else []
-    sandbox = SandboxServer(products, token, max_products_per_call, host, port, bucket=bucket)
+    sandbox = SandboxServer(
+        products,
+        token,
+        max_products_per_call,
+        host,
+        port,
+        bucket=bucket,
+        access_token_seconds=access_token_seconds,
+    )
     limit = (
         ""
         if bucket is None
@@ -1007,7 +1078,8 @@ def serve(
         sandbox.start()
         print(
             f"Sandbox Lightspeed API on {sandbox.url} "
-            f"({len(products)} products, token from {token_source}{limit})",
+            f"({len(products)} products, token from {token_source}{limit}; OAuth at "
+            f"{sandbox.url}{TOKEN_PATH}, access tokens for {_number(access_token_seconds)}s)",
             file=sys.stdout,
             flush=True,
         )

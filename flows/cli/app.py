@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import typer
 
-from flows.cli import deploy, migrate_state, run, watch
+from flows.cli import auth, deploy, migrate_state, run, watch
 from flows.cli.exits import EXIT_FAILED, EXIT_OK
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("run")(run.run)
 app.command("deploy")(deploy.deploy)
 app.command("watch")(watch.watch)
 app.command("migrate-state")(migrate_state.migrate_state)
+app.command("auth")(auth.auth)
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ CRASH_REPORT = "inventory-sync crash report"
 NO_SUCCESS = "inventory-sync no success"
 RUN_LATE = "inventory-sync run late"
 FEED_STALE = "inventory-sync feed stale"
+AUTH_FAILED = "inventory-sync auth failed"
 
 Say = Callable[[str], None]
 

@@ -109,6 +109,11 @@ def resolve_secrets(
     return resolved
 
 
+def read_secret(ref: SecretRef, environ: Mapping[str, str] | None = None) -> SecretStr:
+    """The value a secret reference names; ValueError says what is missing, never the value."""
+    return _secret_value(ref, os.environ if environ is None else environ)
+
+
 def _secret_value(ref: SecretRef, environ: Mapping[str, str]) -> SecretStr:
     if ref.env is not None:
         value = environ.get(ref.env, "")

@@ -35,6 +35,35 @@ from tasks.state.location import (
 )
 
 BASE_URL_ENV = "LIGHTSPEED_BASE_URL"
+LIGHTSPEED_TOKEN_URL = "https://accounts.lightspeed.app/oauth/token"
+
+
+class StaticAuth(Section):
+    """One long-lived Bearer token (lightspeed.token_secret, else $LIGHTSPEED_TOKEN)."""
+
+    kind: Literal["static"] = "static"
+
+
+class OAuthAuth(Section):
+    """Access tokens from a refresh token that rotates; the newest kept encrypted in the state."""
+
+    kind: Literal["oauth"]
+    token_url: str = Field(LIGHTSPEED_TOKEN_URL, description="the OAuth token endpoint")
+    client_id: str = Field(min_length=1, description="the consumer key from Lightspeed's API setup")
+    client_secret: SecretRef = Field(description="the consumer secret")
+    client_auth: Literal["basic", "form"] = Field(
+        "basic", description="send the client id and secret as HTTP Basic, or as form fields"
+    )
+    encryption_key: SecretRef = Field(
+        description="Fernet key that encrypts the stored refresh token (see docs/authentication.md)"
+    )
+    refresh_margin_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="refresh this long before the access token expires (at most a quarter of its life)",
+    )
+
+    _url = field_validator("token_url")(http_url)
 
 
 class LightspeedSettings(Section):
@@ -44,6 +73,11 @@ class LightspeedSettings(Section):
     )
     token_secret: str | None = Field(
         None, description="Prefect Secret block holding the token; else $LIGHTSPEED_TOKEN"
+    )
+    auth: StaticAuth | OAuthAuth = Field(
+        default_factory=lambda: StaticAuth(),
+        discriminator="kind",
+        description='how requests authenticate: kind = "static" (a token) or "oauth"',
     )
     request_size: int = Field(
         500,
@@ -103,6 +137,12 @@ class LightspeedSettings(Section):
 
     _url = field_validator("base_url")(http_url)
     _account = field_validator("account")(lambda v: v if v is None else check_tenant(v, "account"))
+
+    @model_validator(mode="after")
+    def _one_kind_of_token(self) -> LightspeedSettings:
+        if self.token_secret is not None and self.auth.kind == "oauth":
+            raise ValueError('token_secret is for auth kind = "static"; oauth needs no fixed token')
+        return self
 
 
 class CatalogSettings(Section):

@@ -12,13 +12,13 @@ from typing import Any
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import SecretStr
 
 from tasks.config.settings import CatalogSettings, LightspeedSettings
 from tasks.durations import duration
 from tasks.errors import SyncError
 from tasks.http.read_retries import run_warning
 from tasks.lightspeed.client import (
+    Credentials,
     LightspeedClient,
     LightspeedError,
     Unauthorized,
@@ -240,7 +240,7 @@ def refresh_catalog(
 def read_catalog(
     catalog: CatalogSettings,
     lightspeed: LightspeedSettings,
-    token: SecretStr,
+    credentials: Credentials,
     state: StateLocation,
     refresh: bool = False,
     now: datetime | None = None,
@@ -262,7 +262,7 @@ def read_catalog(
             f"({kept.pages} page(s))",
             kept.refreshed_at,
         )
-    client = LightspeedClient(lightspeed, token)
+    client = LightspeedClient(lightspeed, credentials)
     stage = current_progress().start("catalog", "page", items_label="products read")
 
     def counted(products: int) -> None:
@@ -289,12 +289,12 @@ def read_catalog(
 def read_catalog_task(
     catalog: CatalogSettings,
     lightspeed: LightspeedSettings,
-    token: SecretStr,
+    credentials: Credentials,
     state: StateLocation,
     refresh: bool = False,
 ) -> CatalogRead:
     """Read the catalog; a retry of this task resumes a refresh from the last page it kept."""
-    result = read_catalog(catalog, lightspeed, token, state, refresh)
+    result = read_catalog(catalog, lightspeed, credentials, state, refresh)
     get_run_logger().info("catalog: %d product(s), %s", result.frame.height, result.origin)
     return result
 

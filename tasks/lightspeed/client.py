@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import urljoin
 
 import httpx
@@ -92,6 +92,45 @@ class ProductsPage:
     next_url: str | None
 
 
+class TokenSource(Protocol):
+    """Where a client gets the Bearer token of each request (tasks/lightspeed/auth.py for OAuth)."""
+
+    @property
+    def identity(self) -> str:
+        """What the account's pacer is keyed by."""
+        ...
+
+    def bearer(self) -> str: ...
+
+    def renewed(self, rejected: str) -> str | None:
+        """A token to try once more after `rejected` got a 401; None: the 401 stands."""
+        ...
+
+
+class Credentials(Protocol):
+    def tokens(self) -> TokenSource: ...
+
+
+@dataclass(frozen=True)
+class StaticToken:
+    """One long-lived token (auth kind "static"): its own source, never renewed."""
+
+    token: SecretStr
+
+    @property
+    def identity(self) -> str:
+        return self.token.get_secret_value()
+
+    def tokens(self) -> StaticToken:
+        return self
+
+    def bearer(self) -> str:
+        return self.token.get_secret_value()
+
+    def renewed(self, rejected: str) -> str | None:
+        return None
+
+
 @cache
 def tls_context() -> ssl.SSLContext:
     """httpx's default verification (certifi's CA bundle), loaded once per process.
@@ -106,20 +145,24 @@ class LightspeedClient:
     """Owns base URL, auth, timeouts, paging, pacing and the verdict on each response.
 
     Reads (GET) are retried per request (tasks/http/read_retries.py); a PUT is never retried here:
-    its chunk's Prefect task retries it, so the UI shows each attempt.
+    its chunk's Prefect task retries it, so the UI shows each attempt. The one exception is a
+    401 with an OAuth token: the request is sent once more with a renewed token.
     """
 
     def __init__(
         self,
         settings: LightspeedSettings,
-        token: SecretStr,
+        credentials: Credentials | SecretStr,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if isinstance(credentials, SecretStr):  # a bare token: auth kind "static"
+            credentials = cast(Credentials, StaticToken(credentials))
         self.base_url = settings.base_url + "/"
         self.per_page = settings.per_page
         self.costs = {"GET": settings.get_cost, "PUT": settings.put_cost}
         self.settings = settings
-        self.pacer = account_pacer(self.base_url, token.get_secret_value())
+        self.tokens = credentials.tokens()
+        self.pacer = account_pacer(self.base_url, self.tokens.identity)
         self.read_policy = ReadPolicy(
             attempts=settings.read_retries + 1,
             backoff_seconds=settings.read_backoff_seconds,
@@ -135,7 +178,6 @@ class LightspeedClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={
-                "Authorization": f"Bearer {token.get_secret_value()}",
                 "Content-Type": "application/json",
                 "Accept": "application/json",
                 "User-Agent": USER_AGENT,
@@ -216,13 +258,26 @@ class LightspeedClient:
 
     def _send(self, method: str, url: str, content: bytes | None = None) -> Accepted:
         what = f"{method} /{url.removeprefix(self.base_url).split('?')[0]}"
+        bearer = self.tokens.bearer()
+        response = self._exchange(method, url, what, content, bearer)
+        if response.status_code == 401:
+            renewed = self.tokens.renewed(bearer)
+            if renewed is not None:  # expired or revoked in flight: once more, then it stands
+                response = self._exchange(method, url, what, content, renewed)
+        return judge(what, response)
+
+    def _exchange(
+        self, method: str, url: str, what: str, content: bytes | None, bearer: str
+    ) -> httpx.Response:
+        """One request through the account's pacer and slot; transport failures become errors."""
         cost = self.costs.get(method, self.costs["PUT"])
         started = time.monotonic()
         self.pacer.before(cost)
         self.waited_seconds += time.monotonic() - started
         try:
             with request_slot(self.settings):  # the account's requests in flight, across runs
-                response = send(self._http, method, url, what, content=content)
+                headers = {"Authorization": f"Bearer {bearer}"}
+                response = send(self._http, method, url, what, content=content, headers=headers)
         except Unreachable as exc:
             self.pacer.after(cost, None)
             raise RetryableError(str(exc)) from None
@@ -233,7 +288,7 @@ class LightspeedClient:
             self.pacer.after(cost, None)
             raise FatalError(f"{what}: {exc}") from None
         self.pacer.after(cost, response.headers)
-        return judge(what, response)
+        return response
 
 
 HINTS = {401: " (check the token)", 403: " (the token lacks permission)"}
@@ -285,17 +340,19 @@ def retry_policy(settings: LightspeedSettings, retries: int | None = None) -> di
     return retry_options(count, settings.retry_backoff_seconds, RetryableError)
 
 
-_clients: dict[tuple[str, LightspeedSettings, str], LightspeedClient] = {}
+_clients: dict[tuple[str, LightspeedSettings, Credentials], LightspeedClient] = {}
 _clients_lock = threading.Lock()
 
 
-def shared_client(settings: LightspeedSettings, token: SecretStr, run: str) -> LightspeedClient:
+def shared_client(
+    settings: LightspeedSettings, credentials: Credentials, run: str
+) -> LightspeedClient:
     """One keep-alive client per run, shared by that run's chunk tasks' threads (and their slots)."""
-    key = (run, settings, token.get_secret_value())
+    key = (run, settings, credentials)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = LightspeedClient(settings, token)
+            client = _clients[key] = LightspeedClient(settings, credentials)
         return client
 
 

@@ -24,7 +24,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import SecretStr
 
 from tasks.config.settings import LightspeedSettings
 from tasks.lightspeed.chunks import (
@@ -35,6 +34,7 @@ from tasks.lightspeed.chunks import (
     unlanded,
 )
 from tasks.lightspeed.client import (
+    Credentials,
     LightspeedError,
     RetryableError,
     Unauthorized,
@@ -128,7 +128,7 @@ def put_chunk(
     number: int,
     label: str,
     settings: LightspeedSettings,
-    token: SecretStr,
+    credentials: Credentials,
     state: StateLocation,
     run: str,
 ) -> ChunkResult:
@@ -152,7 +152,7 @@ def put_chunk(
             stage.advance(items=part.height)
 
         outcomes = send_requests(
-            shared_client(settings, token, run), to_send, settings.max_concurrency, landed
+            shared_client(settings, credentials, run), to_send, settings.max_concurrency, landed
         )
     # one record for all: each log line costs this process time, and the Prefect server more
     failed = any(o.error is not None for o in outcomes)
@@ -184,7 +184,7 @@ def put_chunk(
 def load(
     payload: pl.DataFrame,
     settings: LightspeedSettings,
-    token: SecretStr,
+    credentials: Credentials,
     state: StateLocation,
     run: str,
 ) -> LoadOutcome:
@@ -196,8 +196,8 @@ def load(
     """
     store = StateStore(state)
     try:
-        outcome = _load(payload, settings, token, state, run)
-        client = shared_client(settings, token, run)
+        outcome = _load(payload, settings, credentials, state, run)
+        client = shared_client(settings, credentials, run)
         outcome.waited_seconds, outcome.requests = client.waited_seconds, client.put_calls
     finally:
         close_shared_clients(run)
@@ -212,7 +212,7 @@ def load(
 def _load(
     payload: pl.DataFrame,
     settings: LightspeedSettings,
-    token: SecretStr,
+    credentials: Credentials,
     state: StateLocation,
     run: str,
 ) -> LoadOutcome:
@@ -250,7 +250,7 @@ def _load(
                     "number": number,
                     "label": label,
                     "settings": settings,
-                    "token": token,
+                    "credentials": credentials,
                     "state": state,
                     "run": run,
                 }
@@ -260,7 +260,7 @@ def _load(
             future = next(as_completed(list(in_flight)))
             number, label, chunk = in_flight.pop(future)
             result = future.result(raise_on_failure=False)
-            stage.set_client_totals(0, shared_client(settings, token, run).waited_seconds)
+            stage.set_client_totals(0, shared_client(settings, credentials, run).waited_seconds)
             if isinstance(result, ChunkResult):
                 outcome.accepted.append(result)
                 stage.advance(done=1)

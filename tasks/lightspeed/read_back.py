@@ -19,10 +19,9 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import SecretStr
 
 from tasks.config.settings import LightspeedSettings
-from tasks.lightspeed.client import LightspeedClient, LightspeedError
+from tasks.lightspeed.client import Credentials, LightspeedClient, LightspeedError
 from tasks.lightspeed.load import LoadOutcome
 from tasks.report.progress import current as current_progress
 from tasks.state.location import StateLocation
@@ -106,12 +105,12 @@ def read_back_task(
     catalog: pl.DataFrame,
     settings: LightspeedSettings,
     pages: int,
-    token: SecretStr,
+    credentials: Credentials,
     state: StateLocation,
 ) -> ReadBack:
     """Read this run's pages of the rotation and compare them with what was pushed."""
     store = StateStore(state)
-    client = LightspeedClient(settings, token)
+    client = LightspeedClient(settings, credentials)
     catalog_pages = max(1, -(-catalog.height // settings.per_page))
     stage = current_progress().start(
         "read-back", "page", total=min(pages, catalog_pages), items_label="products read"
@@ -153,7 +152,7 @@ def read_back(
     catalog: pl.DataFrame,
     settings: LightspeedSettings,
     pages: int,
-    token: SecretStr,
+    credentials: Credentials,
     store: StateStore,
 ) -> ReadBack | str:
     """Read back this run's pages; forget drifted products in the state so the next run resends them.
@@ -163,7 +162,7 @@ def read_back(
     """
     landed = sent.filter(~pl.col("id").is_in(list(outcome.not_landed_ids)))
     state = read_back_task(
-        landed, catalog, settings, pages, token, store.location, return_state=True
+        landed, catalog, settings, pages, credentials, store.location, return_state=True
     )
     result = state.result(raise_on_failure=False)
     if not isinstance(result, ReadBack):

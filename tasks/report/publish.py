@@ -124,6 +124,8 @@ def run_event_payload(result: object, reason: str | None = None) -> dict[str, ob
         "chunks_failed": summary.chunks_failed,
         "attempts": summary.attempts,
     }
+    if summary.token_refreshes is not None:
+        payload["token_refreshes"] = summary.token_refreshes
     if summary.failures:
         payload["error"] = "; ".join(summary.failures)[:2000]
     return payload

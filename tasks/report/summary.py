@@ -11,6 +11,7 @@ from tasks.checks.rows import CheckedRows
 from tasks.delta import Changes, diff_lines
 from tasks.durations import duration
 from tasks.guards import ChangeGuard
+from tasks.lightspeed.auth import TokenCounts
 from tasks.lightspeed.catalog import CatalogRead
 from tasks.lightspeed.load import LoadOutcome
 from tasks.lightspeed.read_back import ReadBack
@@ -64,6 +65,8 @@ class RunSummary:
     catalog: str = ""  # where the catalog came from, how old, at what cost
     read_back: str = ""  # what the read-back compared, and how much of the catalog in 24 h
     waited_seconds: float = 0.0  # for room in the platform's rate-limit bucket
+    token_refreshes: int | None = None  # OAuth access tokens obtained (None: a static token)
+    token_refreshes_after_401: int = 0  # of those, after a request was answered 401
 
     @property
     def ok(self) -> bool:
@@ -133,6 +136,12 @@ class RunSummary:
             )
         if self.waited_seconds >= 0.05:
             out.append(f"Waited {self.waited_seconds:.1f}s for room in the platform's rate limit.")
+        if self.token_refreshes is not None:
+            after = self.token_refreshes_after_401
+            out.append(
+                f"Access tokens: {self.token_refreshes} refreshed"
+                + (f" ({after} after a 401)." if after else ".")
+            )
         if self.read_back:
             out.append(f"Read-back: {self.read_back}")
         if self.rejected:
@@ -167,6 +176,7 @@ def summarize(
     catalog: CatalogRead | None = None,
     audited: float | None = None,
     diff_lines_shown: int = 20,
+    tokens: TokenCounts | None = None,
 ) -> RunSummary:
     """Gather the counts of every stage into one summary."""
     flagged = checked.flagged
@@ -210,6 +220,9 @@ def summarize(
             f"{changes.to_send.height} product(s) change; their units go from {before} to "
             f"{changes.to_send['quantity'].sum()}"
         )
+    if tokens is not None:
+        summary.token_refreshes = tokens.refreshes
+        summary.token_refreshes_after_401 = tokens.after_401
     if outcome is not None:
         summary.chunks_accepted = len(outcome.accepted)
         summary.chunks_failed = len(outcome.failed)

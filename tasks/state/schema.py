@@ -128,7 +128,24 @@ run_holders = Table(  # who holds a tenant's run lock, for the message a refused
     Column("since", Text, nullable=False),
 )
 
-TENANT_TABLES = tuple(metadata.sorted_tables)
+refresh_tokens = Table(  # an API account's newest OAuth refresh token, Fernet-encrypted
+    "refresh_tokens",
+    metadata,
+    # keyed by account, not tenant: every configuration on one account shares its one token
+    Column("account", Text, primary_key=True),
+    Column("generation", Integer, nullable=False),  # +1 each time a new one is stored
+    Column("token", LargeBinary, nullable=False),  # the Fernet token of the refresh token
+    Column("stored_at", Text, nullable=False),
+    Column("stored_by", Text, nullable=False),
+    # set while a refresh of this generation is under way: the server may have rotated it
+    # even if the answer never came back (a process killed, a connection lost)
+    Column("refreshing", Text),
+    Column("rejected", Text),  # the token endpoint refused this generation: why
+)
+
+# the tables whose rows belong to one tenant (a migration copies those); a refresh token is not
+# copied: it lives in exactly one database, or two copies would revoke each other
+TENANT_TABLES = tuple(t for t in metadata.sorted_tables if "tenant" in t.c)
 
 
 @cache

@@ -16,6 +16,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from devstack.demo import expected_quantities
 from devstack.local_stack import EVERY_15_MINUTES, NIGHTLY_FULL, PROJECT_ROOT, WORK_POOL
 from flows.server.setup import (
+    AUTH_FAILED,
     CRASH_REPORT,
     FAILED,
     FEED_STALE,
@@ -203,6 +204,7 @@ def test_deploy_without_notify_records_alerts_and_sizes_the_heartbeat_window(ser
         NO_SUCCESS: ["do-nothing"],
         RUN_LATE: ["do-nothing"],
         FEED_STALE: ["do-nothing"],
+        AUTH_FAILED: ["do-nothing"],
         ARRIVAL_TRIGGER: ["run-deployment"],  # on-feed-arrival's own trigger (issue 12)
     }
     windows = {name: a.trigger.within.total_seconds() for name, a in automations.items()}

@@ -373,7 +373,7 @@ def test_deploy_twice_leaves_one_of_each_and_removes_a_duplicate(unattended):
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"automation {FEED_STALE!r}: unchanged; 1 duplicate(s) deleted" in first.stdout
     changes = [line.strip() for line in second.stdout.splitlines() if "': " in line]
-    assert len(changes) == 1 + 3 + 1 + 6  # pool, deployments, webhook block, automations
+    assert len(changes) == 1 + 3 + 1 + 7  # pool, deployments, webhook block, automations
     assert all(
         line.endswith(": unchanged") for line in changes if not line.startswith("deployment ")
     ), second.stdout
