@@ -1178,7 +1178,7 @@ def test_serve_can_rate_limit_with_a_bucket(tmp_path: Path) -> None:
     try:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
-        assert line.endswith("(7 products, token from the caller, bucket 5 draining 1/s)")
+        assert "(7 products, token from the caller, bucket 5 draining 1/s;" in line
         url = line.split(" on ", 1)[1].split(" ", 1)[0]
         response = httpx.get(f"{url}/products", headers={"Authorization": "Bearer tok"})
         assert response.status_code == 200 and response.headers[LEVEL] == "1/5"
@@ -1186,6 +1186,10 @@ def test_serve_can_rate_limit_with_a_bucket(tmp_path: Path) -> None:
         process.communicate(timeout=10)
     finally:
         process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()  # a failed assertion must not leave a pipe to a later test
     assert process.returncode == 0
 
 
