@@ -59,7 +59,7 @@ readme-sample: $(STAMP)
 	$(BIN)/python -m devstack.readme_sample
 
 ## soak: hundreds of 15-minute cycles against a real Prefect server, retention shortened to
-##       90 s, stopping at 9 min; writes its section of docs/benchmarks.md (docs/retention.md)
+##       90 s, stopping at 9 min; writes its section of docs/benchmarks.md (docs/operations.md)
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak --command "make soak"
 

@@ -137,7 +137,7 @@ class LocalStack:
             [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
             self._env(
                 PREFECT_UI_API_URL=self.api_url,
-                **server_retention_env(os.environ),  # old runs deleted: docs/retention.md
+                **server_retention_env(os.environ),  # old runs deleted: docs/operations.md
                 **(server_env or {}),
             ),
             self.home / "server.log",

@@ -14,7 +14,7 @@ EVENT_RETENTION_DAYS = 7  # Prefect's own default, said out loud
 
 # The Prefect server settings that turn its vacuum service on for flow runs as well as events.
 # `make run` starts its server with these unless the environment sets them already; the docs
-# (docs/retention.md) give the same lines for a server the user runs.
+# (docs/operations.md) give the same lines for a server the user runs.
 VACUUM_ENABLED_ENV = "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"
 FLOW_RUN_RETENTION_ENV = "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"
 EVENT_RETENTION_ENV = "PREFECT_SERVER_EVENTS_RETENTION_PERIOD"
@@ -50,7 +50,7 @@ class ServerRetention:
                 f"artifacts (events: {_days(self.events)}). Start it with "
                 f"{VACUUM_ENABLED_ENV}=events,flow_runs and {FLOW_RUN_RETENTION_ENV}="
                 f"P{FLOW_RUN_RETENTION_DAYS}D ({FLOW_RUN_RETENTION_DAYS} days); "
-                "see docs/retention.md"
+                "see docs/operations.md"
             )
         return f"flow runs kept {_days(self.flow_runs)}, events {_days(self.events)}"
 

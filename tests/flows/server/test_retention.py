@@ -54,4 +54,4 @@ def test_a_server_on_prefects_defaults_is_told_how_to_bound_itself():
     text = retention.describe()
     assert "keeps every run" in text
     assert f"{VACUUM_ENABLED_ENV}=events,flow_runs" in text
-    assert "docs/retention.md" in text
+    assert "docs/operations.md" in text
