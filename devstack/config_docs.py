@@ -297,12 +297,33 @@ def render() -> str:
             parts += _kinds()
         else:
             parts += _table(_model_of(field), f"{key}.")
+            parts += _nested_kinds(_model_of(field), f"{key}.")
         parts.append("")
     parts.append(SECRETS)
     text = "\n".join(parts)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text.rstrip() + "\n"
+
+
+def _nested_kinds(model: type[BaseModel], prefix: str) -> list[str]:
+    """A key whose value is one of several tables told apart by `kind`: a table for each kind."""
+    lines: list[str] = []
+    for key, field in model.model_fields.items():
+        for kind in _kind_tables(field.annotation):
+            (name,) = get_args(kind.model_fields["kind"].annotation)
+            lines += ["", f'### `[{prefix}{key}]` with `kind = "{name}"`', ""]
+            if kind.__doc__:
+                lines += [" ".join(kind.__doc__.split()), ""]
+            lines += _table(kind, f"{prefix}{key}.")
+    return lines
+
+
+def _kind_tables(annotation: Any) -> list[type[BaseModel]]:
+    """The models of a union of tables with a `kind`, else none."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
+    models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+    return models if models and all("kind" in m.model_fields for m in models) else []
 
 
 def _kinds() -> list[str]:
@@ -383,6 +404,8 @@ def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin is Annotated:
         return _type_name(get_args(annotation)[0])
+    if _kind_tables(annotation):
+        return "table (by `kind`, below)"
     if origin in (Union, types.UnionType):
         named = [_type_name(a) for a in get_args(annotation) if a is not type(None)]
         return " or ".join(named)
@@ -428,6 +451,8 @@ def _default(field: FieldInfo) -> str:
         return "`{}`"
     if isinstance(value, int | float):
         return f"`{value}`"
+    if isinstance(value, BaseModel) and "kind" in type(value).model_fields:
+        return f'`kind = "{value.kind}"`'  # type: ignore[attr-defined]
     raise TypeError(f"no way to show the default {value!r}: add one to devstack/config_docs.py")
 
 

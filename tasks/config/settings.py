@@ -41,13 +41,15 @@ LIGHTSPEED_TOKEN_URL = "https://accounts.lightspeed.app/oauth/token"
 class StaticAuth(Section):
     """One long-lived Bearer token (lightspeed.token_secret, else $LIGHTSPEED_TOKEN)."""
 
-    kind: Literal["static"] = "static"
+    kind: Literal["static"] = Field("static", description="one token that does not expire")
 
 
 class OAuthAuth(Section):
     """Access tokens from a refresh token that rotates; the newest kept encrypted in the state."""
 
-    kind: Literal["oauth"]
+    kind: Literal["oauth"] = Field(
+        description="access tokens renewed with a rotating refresh token"
+    )
     token_url: str = Field(LIGHTSPEED_TOKEN_URL, description="the OAuth token endpoint")
     client_id: str = Field(min_length=1, description="the consumer key from Lightspeed's API setup")
     client_secret: SecretRef = Field(description="the consumer secret")
