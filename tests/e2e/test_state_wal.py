@@ -16,7 +16,7 @@ import pytest
 from tasks.state.engines import CHECKPOINT_BUSY_MS, WAL_SIZE_LIMIT_BYTES
 from tasks.state.store import StateStore
 
-pytestmark = pytest.mark.fast
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

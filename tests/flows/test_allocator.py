@@ -12,7 +12,7 @@ import pytest
 
 from flows.allocator import JEMALLOC_CONF, JEMALLOC_ENV
 
-pytestmark = pytest.mark.fast
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """

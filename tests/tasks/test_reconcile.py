@@ -200,8 +200,9 @@ def available_by_hand(
     return available
 
 
-# each example runs the GX rows suite (~0.2 s): fewer than hypothesis's default 100 keep the
-# module fast; the strategies are small enough that these cover the cases well
+# each example runs the GX rows suite: make test runs it, make test-fast leaves it out, and
+# fewer examples than hypothesis's default 100 suffice for strategies this small
+@pytest.mark.slow
 @settings(max_examples=25)
 @given(
     quantities=st.lists(

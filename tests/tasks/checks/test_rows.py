@@ -212,6 +212,7 @@ def judged_the_long_way(feeds: list[Feed]) -> CheckedRows:
     return checked
 
 
+@pytest.mark.slow  # a Great Expectations suite per example: make test runs it
 @settings(max_examples=20, deadline=None)
 @given(
     st.lists(
@@ -283,6 +284,7 @@ def plan_by_sku_text(
     return plan
 
 
+@pytest.mark.slow  # a Great Expectations suite per example: make test runs it
 @settings(max_examples=25, deadline=None)
 @given(
     st.lists(
