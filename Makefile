@@ -44,7 +44,7 @@ system-packages:
 
 ## test-fast: the logic tests only (no Prefect server, PostgreSQL or browser), in under 30 s
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "fast and not server and not slow" -q
+	$(BIN)/python -m pytest -m "fast and not server and not slow" -q -p no:xdist --ignore=tests/e2e
 
 ## bench: the five benchmarks at full size (a 1M-product catalog), rewriting docs/benchmarks.md
 bench: $(STAMP)

@@ -179,6 +179,7 @@ print(json.dumps({"before": before, "imported": imported, "prepared": observe()}
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports every module
 def test_importing_the_product_changes_nothing_until_prepare_process():
     """Every module of flows/ and tasks/ imported, in a worker's flow-run environment too."""
     environment = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
