@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from tasks.config.secrets import TOKEN_ENV, SecretRef
-from tasks.config.settings import BASE_URL_ENV, Settings
+from tasks.config.settings import BASE_URL_ENV, TOKEN_URL_ENV, Settings
 from tasks.sources import registry
 from tasks.sources.warehouse import WarehouseBase
 
@@ -40,9 +40,10 @@ message that names it, e.g. `warehouses[1] (name = "west").sku_column: Field req
 written in the file (feeds, the catalog CSV, `report.dir`, `state.dir`, `known_hosts`) are taken
 relative to the file's folder, so a command works from any directory.
 
-Two environment variables stand in for keys: `{BASE_URL_ENV}` overrides `lightspeed.base_url`
-(the demo points its configuration at the sandbox this way), and `{TOKEN_ENV}` is the API token
-when `lightspeed.token_secret` names no Prefect Secret block.
+Three environment variables stand in for keys: `{BASE_URL_ENV}` overrides `lightspeed.base_url`
+and `{TOKEN_URL_ENV}` overrides `lightspeed.auth.token_url` (the demo points its configuration at
+the sandbox this way), and `{TOKEN_ENV}` is the API token when `lightspeed.token_secret` names no
+Prefect Secret block.
 
 Durations are written `"90s"`, `"15m"`, `"2h"`, `"1d"`, or as a number of seconds.
 
@@ -297,7 +298,7 @@ def render() -> str:
             parts += _kinds()
         else:
             parts += _table(_model_of(field), f"{key}.")
-            parts += _nested_kinds(_model_of(field), f"{key}.")
+            parts += _variants(_model_of(field), f"{key}.")
         parts.append("")
     parts.append(SECRETS)
     text = "\n".join(parts)
@@ -306,32 +307,41 @@ def render() -> str:
     return text.rstrip() + "\n"
 
 
-def _nested_kinds(model: type[BaseModel], prefix: str) -> list[str]:
-    """A key whose value is one of several tables told apart by `kind`: a table for each kind."""
-    lines: list[str] = []
-    for key, field in model.model_fields.items():
-        for kind in _kind_tables(field.annotation):
-            (name,) = get_args(kind.model_fields["kind"].annotation)
-            lines += ["", f'### `[{prefix}{key}]` with `kind = "{name}"`', ""]
-            if kind.__doc__:
-                lines += [" ".join(kind.__doc__.split()), ""]
-            lines += _table(kind, f"{prefix}{key}.")
-    return lines
-
-
-def _kind_tables(annotation: Any) -> list[type[BaseModel]]:
-    """The models of a union of tables with a `kind`, else none."""
-    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
-    models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
-    return models if models and all("kind" in m.model_fields for m in models) else []
-
-
 def _kinds() -> list[str]:
     lines = ["", REMOTE]
     for name, model in _kind_models().items():
         lines += [f'### `kind = "{name}"`', "", KINDS.get(name, "")]
         lines += _table(model, "", only=_own_keys(model))
         lines.append("")
+    return lines
+
+
+def _variant_models(field: FieldInfo) -> dict[str, type[BaseModel]] | None:
+    """A table that is one of several models told apart by `kind` (lightspeed.auth), by kind."""
+    args = (
+        get_args(field.annotation)
+        if get_origin(field.annotation) in (Union, types.UnionType)
+        else ()
+    )
+    if not args or not all(isinstance(a, type) and issubclass(a, BaseModel) for a in args):
+        return None
+    models: dict[str, type[BaseModel]] = {}
+    for model in args:
+        (name,) = get_args(model.model_fields["kind"].annotation)
+        models[name] = model
+    return models
+
+
+def _variants(model: type[BaseModel], prefix: str) -> list[str]:
+    """For each key that is a table of several kinds, each kind's keys."""
+    lines: list[str] = []
+    for key, field in model.model_fields.items():
+        for name, variant in (_variant_models(field) or {}).items():
+            keys = [k for k in variant.model_fields if k != "kind"]
+            if not keys:
+                continue
+            lines += ["", f'### `[{prefix}{key}]` `kind = "{name}"`', ""]
+            lines += _table(variant, f"{prefix}{key}.", only=keys)
     return lines
 
 
@@ -373,6 +383,15 @@ def _table(model: type[BaseModel], prefix: str, only: list[str] | None = None) -
                 f"| `{prefix}kind` | {kinds} | required | {_cell(_described(model, key))} |"
             )
             continue
+        variants = _variant_models(field)
+        if variants is not None:
+            kinds = " or ".join(f'`kind = "{name}"`' for name in variants)
+            default = field.get_default(call_default_factory=True)
+            shown = f'`{{ kind = "{default.kind}" }}`' if default is not None else "required"
+            rows.append(
+                f"| `{prefix}{key}` | table: {kinds} | {shown} | {_cell(_described(model, key))} |"
+            )
+            continue
         rows.append(
             f"| `{prefix}{key}` | {_type(field)} | {_default(field)} | "
             f"{_cell(_described(model, key))} |"
@@ -404,8 +423,6 @@ def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin is Annotated:
         return _type_name(get_args(annotation)[0])
-    if _kind_tables(annotation):
-        return "table (by `kind`, below)"
     if origin in (Union, types.UnionType):
         named = [_type_name(a) for a in get_args(annotation) if a is not type(None)]
         return " or ".join(named)
@@ -451,8 +468,6 @@ def _default(field: FieldInfo) -> str:
         return "`{}`"
     if isinstance(value, int | float):
         return f"`{value}`"
-    if isinstance(value, BaseModel) and "kind" in type(value).model_fields:
-        return f'`kind = "{value.kind}"`'  # type: ignore[attr-defined]
     raise TypeError(f"no way to show the default {value!r}: add one to devstack/config_docs.py")
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import sqlite3
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,73 @@ def demo_feeds() -> dict[str, list[tuple[str, str]]]:
 
 SAFETY_STOCK = {"east": 2, "west": 0, "north": 0, "south": 0}
 SOUTH_DB_URL_ENV = "DEMO_SOUTH_DB_URL"  # named by demo/inventory-sync.toml
+CLIENT_SECRET_ENV = "LIGHTSPEED_CLIENT_SECRET"  # named by demo/inventory-sync.toml too
+TOKEN_KEY_ENV = "INVENTORY_SYNC_TOKEN_KEY"
+# `make run`: access tokens expire every minute, so whoever watches sees runs refresh them
+ACCESS_TOKEN_SECONDS = 60.0
+# `make demo`: longer than its one run, which then obtains exactly one access token (the README
+# shows the count); the first sign-in has already made one refresh before it
+DEMO_ACCESS_TOKEN_SECONDS = 300.0
+
+
+def sandbox_env(sandbox: Any, folder: Path) -> dict[str, str]:
+    """What a sync of the demo configuration needs, as environment variables (never argv).
+
+    The sandbox's URL and token endpoint (its port is chosen at run time), the south database,
+    the sandbox's OAuth client secret, and an encryption key for the stored refresh token, new
+    for each stack: the demo's state starts empty every time.
+    """
+    from cryptography.fernet import Fernet
+
+    from sandbox.oauth import DEFAULT_CLIENT_SECRET, TOKEN_PATH
+
+    return {
+        "LIGHTSPEED_BASE_URL": sandbox.url,
+        "LIGHTSPEED_TOKEN_URL": f"{sandbox.url}{TOKEN_PATH}",
+        SOUTH_DB_URL_ENV: f"sqlite:///{folder / 'feeds' / 'south.sqlite'}",
+        CLIENT_SECRET_ENV: DEFAULT_CLIENT_SECRET,
+        TOKEN_KEY_ENV: Fernet.generate_key().decode(),
+    }
+
+
+def sign_in(config: Path, sandbox: Any, env: Mapping[str, str]) -> tuple[int, list[str]]:
+    """Store a first refresh token as a user does; `inventory-sync auth`'s status and lines.
+
+    The token is the one the sandbox's admin grant issues (as Lightspeed's API setup hands one
+    out), fed to the function behind `inventory-sync auth`, in `env`: it stores the token
+    encrypted in the demo's state and makes one refresh. Its access token ends with it, as it
+    does with the command's own process, so the next run starts by refreshing.
+    """
+    import httpx
+
+    from flows.cli.auth import authorize
+    from tasks.lightspeed.auth import close_providers
+
+    granted = httpx.post(f"{sandbox.url}/_sandbox/oauth/grant", timeout=10)
+    granted.raise_for_status()
+    token = str(granted.json()["refresh_token"])
+    said = io.StringIO()
+    with _environment(env), contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+        try:
+            status = authorize(config, check=False, read_token=lambda: token)
+        finally:
+            close_providers()
+    return status, said.getvalue().splitlines()
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment with `env` in it, restored afterwards."""
+    before = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def expected_quantities(catalog: list[dict[str, Any]]) -> dict[str, int]:
@@ -167,13 +237,25 @@ def run_demo(folder: Path) -> int:
     from sandbox.server import SandboxServer
 
     folder = folder.resolve()
+    config = folder / "inventory-sync.toml"
     catalog = write_demo(folder)
-    with SandboxServer(products=catalog, token=DEMO_TOKEN, port=0) as server:
-        os.environ["LIGHTSPEED_BASE_URL"] = server.url
+    with SandboxServer(
+        products=catalog, token=DEMO_TOKEN, port=0, access_token_seconds=DEMO_ACCESS_TOKEN_SECONDS
+    ) as server:
+        env = sandbox_env(server, folder)  # the sandbox's secrets, never real ones
+        os.environ.update(env)
         os.environ["LIGHTSPEED_TOKEN"] = DEMO_TOKEN  # the sandbox's, never a real one
-        os.environ[SOUTH_DB_URL_ENV] = f"sqlite:///{folder / 'feeds' / 'south.sqlite'}"
-        print(f"Sandbox Lightspeed API on {server.url} with {len(catalog)} demo products")
-        status = run_once(folder / "inventory-sync.toml")
+        print(
+            f"Sandbox Lightspeed API on {server.url} with {len(catalog)} demo products; "
+            f"its access tokens last {DEMO_ACCESS_TOKEN_SECONDS:.0f} s"
+        )
+        print("Signing in as `inventory-sync auth` does, with the sandbox's first refresh token:")
+        status, said = sign_in(config, server, env)
+        print("\n".join(f"  {line}" for line in said))
+        if status:
+            return status
+        status = run_once(config)
+        print(f"Sandbox token endpoint: {server.oauth.stats().refreshes} refresh(es) in all.")
         expected = expected_quantities(catalog)
         held = server.quantities()
     wrong = {pid: (held.get(pid), want) for pid, want in expected.items() if held.get(pid) != want}

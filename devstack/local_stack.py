@@ -118,7 +118,10 @@ class LocalStack:
         say: Say = print,
         server_env: dict[str, str] | None = None,
         setup: dict[str, Any] | None = None,
+        access_token_seconds: float | None = None,
     ) -> None:
+        from devstack.demo import ACCESS_TOKEN_SECONDS
+
         self.home = home.resolve()
         self.folder = folder.resolve()
         self.port = port
@@ -132,6 +135,10 @@ class LocalStack:
         self.deployments: dict[str, UUID] = {}
         self.catalog: list[dict[str, Any]] = []
         self.sandbox: Any = None  # sandbox.server.SandboxServer once started
+        self.access_token_seconds = access_token_seconds or ACCESS_TOKEN_SECONDS
+        # what a sync of the demo config needs (the sandbox's URLs, its OAuth client secret, the
+        # token encryption key): the environment of the worker and the watcher, never argv
+        self.sync_env: dict[str, str] = {}
         self.server = ManagedProcess(
             "Prefect server",
             [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
@@ -202,7 +209,7 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         """Start everything in order; each step waits until the previous one answers."""
-        from devstack.demo import DEMO_TOKEN, write_demo
+        from devstack.demo import DEMO_TOKEN, sandbox_env, write_demo
         from sandbox.server import SandboxServer
 
         self.check()
@@ -211,10 +218,18 @@ class LocalStack:
         if not self.config.exists():
             shutil.copyfile(DEMO_CONFIG, self.config)
         self.sandbox = SandboxServer(
-            products=self.catalog, token=DEMO_TOKEN, port=self.sandbox_port
+            products=self.catalog,
+            token=DEMO_TOKEN,
+            port=self.sandbox_port,
+            access_token_seconds=self.access_token_seconds,
         ).start()
         self.sandbox_port = self.sandbox.port
-        self.say(f"Sandbox Lightspeed API on {self.sandbox.url} ({len(self.catalog)} products)")
+        self.sync_env = sandbox_env(self.sandbox, self.folder)
+        self.say(
+            f"Sandbox Lightspeed API on {self.sandbox.url} ({len(self.catalog)} products; "
+            f"OAuth access tokens last {self.access_token_seconds:.0f} s)"
+        )
+        self.authorize()
 
         began = time.monotonic()
         self.server.start()
@@ -227,9 +242,21 @@ class LocalStack:
         self.start_watcher()
         return self
 
+    def authorize(self) -> None:
+        """Store a first refresh token, as `inventory-sync auth` does (again after a reset)."""
+        from devstack.demo import sign_in
+
+        status, said = sign_in(self.config, self.sandbox, self.sync_env)
+        if status:
+            raise StackError(
+                "storing the sandbox's first refresh token failed: " + " ".join(said).strip()
+            )
+        for line in said:
+            self.say(line)
+
     def start_worker(self, name: str = "local-worker") -> ManagedProcess:
         """A `process` worker on the pool (replacing any earlier one), once it has said hello."""
-        from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV
+        from devstack.demo import DEMO_TOKEN
 
         if self.worker is not None:
             self.worker.stop()
@@ -248,9 +275,8 @@ class LocalStack:
                 name,
             ],
             self._env(
-                LIGHTSPEED_BASE_URL=self.sandbox.url,
                 LIGHTSPEED_TOKEN=DEMO_TOKEN,  # the sandbox's token, never a real one
-                **{SOUTH_DB_URL_ENV: f"sqlite:///{self.folder / 'feeds' / 'south.sqlite'}"},
+                **self.sync_env,
                 PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_seconds),
             ),
             self.home / ("worker.log" if name == "local-worker" else f"worker-{name}.log"),
@@ -267,7 +293,7 @@ class LocalStack:
         self.watcher = ManagedProcess(
             "watcher",
             [_executable("inventory-sync"), "watch", "--config", str(self.config)],
-            self._env(),
+            self._env(**self.sync_env),
             self.home / "watcher.log",
             cwd=PROJECT_ROOT,
         ).start()

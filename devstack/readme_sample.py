@@ -31,6 +31,7 @@ _VARYING = (
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)?"), "<time>"),
     (re.compile(r"\d{8}T\d{6}Z"), "<time>"),
     (re.compile(r"\b\d+\.\d+s\b"), "<seconds>"),
+    (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in \d+s\)"), "<time> UTC (in <seconds>)"),
 )
 
 

@@ -35,6 +35,7 @@ from tasks.state.location import (
 )
 
 BASE_URL_ENV = "LIGHTSPEED_BASE_URL"
+TOKEN_URL_ENV = "LIGHTSPEED_TOKEN_URL"
 LIGHTSPEED_TOKEN_URL = "https://accounts.lightspeed.app/oauth/token"
 
 
@@ -50,7 +51,10 @@ class OAuthAuth(Section):
     kind: Literal["oauth"] = Field(
         description="access tokens renewed with a rotating refresh token"
     )
-    token_url: str = Field(LIGHTSPEED_TOKEN_URL, description="the OAuth token endpoint")
+    token_url: str = Field(
+        LIGHTSPEED_TOKEN_URL,
+        description="the OAuth token endpoint; $LIGHTSPEED_TOKEN_URL overrides it",
+    )
     client_id: str = Field(min_length=1, description="the consumer key from Lightspeed's API setup")
     client_secret: SecretRef = Field(description="the consumer secret")
     client_auth: Literal["basic", "form"] = Field(
@@ -349,6 +353,9 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if environ.get(BASE_URL_ENV):
         data.setdefault("lightspeed", {})["base_url"] = environ[BASE_URL_ENV]
+    auth = data.get("lightspeed", {}).get("auth")
+    if environ.get(TOKEN_URL_ENV) and isinstance(auth, dict) and auth.get("kind") == "oauth":
+        auth["token_url"] = environ[TOKEN_URL_ENV]  # a static token has no token endpoint
     for section in ("report", "state"):
         data.setdefault(section, {})  # so its default folder is resolved against the config's
     kinds = registry.names()

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from stack import ServerStack
 
-from devstack.demo import DEMO_TOKEN, SOUTH_DB_URL_ENV, expected_quantities, product_id
+from devstack.demo import DEMO_TOKEN, expected_quantities, product_id
 from devstack.local_stack import EVERY_15_MINUTES, WORK_POOL, LocalStack
 from devstack.processes import ManagedProcess, descendants, free_port, is_running, port_in_use
 from flows.server.setup import (
@@ -273,9 +273,8 @@ def _sync_from_the_cli(stack: ServerStack, log: Any) -> None:
     env = {
         **os.environ,
         "PREFECT_API_URL": stack.api_url,
-        "LIGHTSPEED_BASE_URL": stack.local.sandbox.url,
         "LIGHTSPEED_TOKEN": DEMO_TOKEN,
-        SOUTH_DB_URL_ENV: f"sqlite:///{stack.local.folder / 'feeds' / 'south.sqlite'}",
+        **stack.local.sync_env,  # the sandbox's URLs, south database, OAuth secret and key
     }
     command = [sys.executable, "-m", "flows.cli", "run", "--config", str(stack.local.config)]
     with log.open("ab") as out:

@@ -39,7 +39,8 @@ class ServerStack:
         self.local.sandbox.reset(products=copy.deepcopy(self.local.catalog))
         shutil.rmtree(
             self.local.folder / "state", ignore_errors=True
-        )  # the demo config's state.dir
+        )  # the demo config's state.dir, and the refresh token stored in it
+        self.local.authorize()
 
     def run(self, deployment: str, **parameters: Any) -> Any:
         """Trigger a run as the UI's Run button does, wait for its final state, return it."""

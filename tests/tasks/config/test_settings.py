@@ -73,6 +73,23 @@ def test_base_url_from_the_environment_wins(tmp_path):
     assert settings.lightspeed.base_url == "http://127.0.0.1:9"
 
 
+def test_token_url_from_the_environment_wins_for_oauth_only(tmp_path):
+    oauth = GOOD.replace(
+        'base_url = "https://api.example.test/"\n',
+        'base_url = "https://api.example.test/"\n'
+        "    [lightspeed.auth]\n"
+        '    kind = "oauth"\n'
+        '    client_id = "c"\n'
+        '    client_secret = { env = "S" }\n'
+        '    encryption_key = { env = "K" }\n',
+    )
+    environ = {"LIGHTSPEED_TOKEN_URL": "http://127.0.0.1:9/oauth/token"}
+    settings = load_settings(write(tmp_path, oauth), environ=environ)
+    assert settings.lightspeed.auth.kind == "oauth"
+    assert settings.lightspeed.auth.token_url == "http://127.0.0.1:9/oauth/token"
+    assert load_settings(write(tmp_path, GOOD), environ=environ).lightspeed.auth.kind == "static"
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
