@@ -83,6 +83,11 @@ class SetupReport:
         self.lines.append(f"{kind} {name!r}: {change}")
         self.say(self.lines[-1])
 
+    def tell(self, line: str) -> None:
+        """A finding that changes nothing (said, and kept with the lines)."""
+        self.lines.append(line)
+        self.say(line)
+
 
 @contextmanager
 def prefect_api(api_url: str) -> Iterator[Any]:
@@ -123,9 +128,9 @@ def set_up_server(
     with prefect_api(api_url) as client:
         if (problem := client.api_healthcheck()) is not None:
             raise SetupError(f"the Prefect server at {api_url} does not answer: {problem}")
-        report.note("server", api_url, f"retention {describe_server_retention(client)}")
         if options.notify:
             find_notification_block(client, options.notify)  # refuse a wrong name before anything
+        report.tell(f"retention on this server: {describe_server_retention(client)}")
         pools = (
             folder.work_pools(document)
             if options.suppliers
