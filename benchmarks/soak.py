@@ -426,7 +426,7 @@ def section(result: SoakResult, command: str) -> str:
         "(so every run writes a report), the API catalog kept, read-back on. Cycles run back to "
         f"back, {result.seconds / max(len(result.samples), 1):.1f} s each, in one process "
         "(the state's end-of-run checkpoint is the same in a worker's or the CLI's process; "
-        "tests/test_state_wal.py runs those). Retention is the product's own with its window "
+        "tests/e2e/test_state_wal.py runs those). Retention is the product's own with its window "
         f"shortened to {result.window:.0f} s: the Prefect vacuum on flow runs and events every "
         f"{VACUUM_LOOP_SECONDS:.0f} s (Prefect refuses a retention under an hour, so the "
         "soak's server keeps an hour and runs the vacuum's clock ahead by an hour less the "
