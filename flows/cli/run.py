@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import typer
 
@@ -15,6 +17,8 @@ from tasks.errors import SyncError
 from tasks.state.lock import StateBusy, lock_for_next_run, lock_key
 
 PROGRESS_EVERY_SECONDS = 10.0
+RECORDING_TIMEOUT_SECONDS = 30.0  # for a temporary server to record a run before it stops
+RECORDING_POLL_SECONDS = 0.2
 
 
 def run(
@@ -105,12 +109,17 @@ def run_once(
 
 def _run_flow(config: Path, progress_every: float, parameters: dict[str, Any]) -> int:
     """The flow run itself, with the progress display; its outcome as an exit status."""
+    from prefect.settings import PREFECT_API_URL
+
     from flows.cli.progress import showing_progress
     from flows.sync import SyncFailed, inventory_sync
     from tasks.report.summary import RunSummary
 
+    on_a_temporary_server = not PREFECT_API_URL.value()
     with showing_progress(progress_every):
         state = inventory_sync(config_path=str(config), return_state=True, **parameters)
+    if on_a_temporary_server and state.state_details.flow_run_id is not None:
+        wait_until_recorded(state.state_details.flow_run_id)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunSummary):
         typer.echo(result.render())
@@ -123,6 +132,31 @@ def _run_flow(config: Path, progress_every: float, parameters: dict[str, Any]) -
         return exit_status(result)
     typer.echo(f"error: the run failed: {type(result).__name__}: {result}", err=True)
     return EXIT_FAILED
+
+
+def wait_until_recorded(flow_run_id: UUID, timeout: float = RECORDING_TIMEOUT_SECONDS) -> bool:
+    """Prefect's temporary server stops when this process exits: first let it record the run.
+
+    Its task runs are recorded from events, after the run; stopping the server in the middle
+    cancels the recording, which prints the server's traceback. Done when every event is sent
+    and the run's task runs stand recorded in a final state, twice in a row; False on timeout.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+    deadline, last = time.monotonic() + timeout, None
+    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_task_runs(flow_run_filter=this_run)
+            seen = (len(runs), sum(1 for r in runs if r.state is not None and r.state.is_final()))
+            if seen == last and seen[0] == seen[1]:
+                return True
+            last = seen
+            time.sleep(RECORDING_POLL_SECONDS)
+    return False
 
 
 def exit_status(error: SyncError) -> int:
