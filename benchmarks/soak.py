@@ -207,32 +207,9 @@ def measure(
             soak_prefect_server(home, window, root / "soak-server.log") as api,
             sandbox_server(dataset.catalog_json, 100_000, work) as sandbox,
         ):
-            _cycles(result, api, sandbox, config, copy, home, cycles, minutes)
+            _run_cycles(result, api, sandbox, config, copy, home, cycles, minutes)
     result.load_at_end = load_average()
     return result
-
-
-def _cycles(
-    result: SoakResult,
-    api: str,
-    sandbox: Sandbox,
-    config: Path,
-    copy: data.Dataset,
-    home: Path,
-    cycles: int,
-    minutes: float,
-) -> None:
-    with _environment(
-        {
-            **QUIET_ENV,
-            "PREFECT_HOME": str(home / "client"),
-            "LIGHTSPEED_BASE_URL": sandbox.url,
-            "LIGHTSPEED_TOKEN": sandbox.token,
-            # the soak prints its own lines; the runs' logs still all go to the server
-            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-        }
-    ):
-        _run_cycles(result, api, sandbox, config, copy, home, cycles, minutes)
 
 
 @contextmanager
@@ -266,7 +243,15 @@ def _run_cycles(
     from flows.sync import inventory_sync
 
     began = time.perf_counter()
-    with temporary_settings({PREFECT_API_URL: api}):
+    environment = {
+        **QUIET_ENV,
+        "PREFECT_HOME": str(home / "client"),
+        "LIGHTSPEED_BASE_URL": sandbox.url,
+        "LIGHTSPEED_TOKEN": sandbox.token,
+        # the soak prints its own lines; the runs' logs still all go to the server
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    }
+    with _environment(environment), temporary_settings({PREFECT_API_URL: api}):
         for cycle in range(1, cycles + 1):
             if time.perf_counter() - began > minutes * 60:
                 print(f"stopped after {cycle - 1} cycles: the {minutes:g}-minute budget is spent")

@@ -15,7 +15,6 @@ of docs/benchmarks.md (between its markers) unless --no-doc.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -30,11 +29,13 @@ from typing import Any
 
 import yaml
 
+from benchmarks.doc_sections import DocSection
 from benchmarks.machine import describe, load_average
 from benchmarks.processes import BIN, QUIET_ENV, ROOT, _process, prefect_server
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- suppliers:begin -->", "<!-- suppliers:end -->"
+SECTION = DocSection(BEGIN, END)
 POOL = "inventory-sync"
 ACCOUNT_LIMIT = 4
 CONFIG = """
@@ -266,22 +267,9 @@ def section(result: SuppliersResult, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, doc: Path = DOC) -> None:
-    """Put the section in the doc between its markers (appended the first time)."""
-    current = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text, current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    doc.write_text(updated, encoding="utf-8")
-
-
 def keep_section(previous: str, doc: Path = DOC) -> None:
-    """After the doc was rewritten without it, put back the section `previous` held, if any."""
-    found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", previous, re.S)
-    if found:
-        write_section(found.group(0), doc)
+    """For benchmarks/runner.py: put back this section after `make bench` rewrote the doc."""
+    SECTION.keep(previous, doc)
 
 
 def _now() -> str:
@@ -301,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     text = section(result, command.strip())
     print(text)
     if not args.no_doc:
-        write_section(text)
+        SECTION.write(text)
 
 
 if __name__ == "__main__":
